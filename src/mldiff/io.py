@@ -1,0 +1,135 @@
+"""Atomic NetCDF writes, provenance attributes and checked loading.
+
+Every file the pipeline writes goes through :func:`atomic_path`: the content is written to a
+temporary sibling and renamed into place only when complete, so a killed step never leaves a
+file that a later step (or Snakemake/DVC) would take as done.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import json
+import os
+import subprocess
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import xarray as xr
+
+from mldiff import __version__
+from mldiff.errors import MldiffError
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; rename it onto ``path`` on success.
+
+    On any exception the temporary file is removed and ``path`` is left untouched.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+    """Write a small text file (JSON, CSV, HTML) atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+    """Write ``obj`` as indented JSON atomically."""
+    write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def git_revision() -> str:
+    """The git revision of the working tree that runs the code, ``"unknown"`` outside git."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            cwd=Path(__file__).parent,
+            check=True,
+        )
+        return out.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def provenance(params: Mapping[str, Any] | None = None) -> dict[str, str]:
+    """Attributes recording who made a file: package and library versions, git rev, params."""
+    import netCDF4
+    import torch
+
+    attrs = {
+        "mldiff_version": __version__,
+        "git_revision": git_revision(),
+        "torch_version": torch.__version__,
+        "numpy_version": np.__version__,
+        "xarray_version": xr.__version__,
+        "netcdf4_version": netCDF4.__version__,
+        "history": f"{_dt.datetime.now(_dt.UTC).isoformat(timespec='seconds')} mldiff",
+    }
+    if params is not None:
+        attrs["params"] = json.dumps(params, sort_keys=True)
+    return attrs
+
+
+def write_netcdf(ds: xr.Dataset, path: str | os.PathLike, chunk_dim: str = "sample") -> None:
+    """Write ``ds`` to NetCDF4 atomically, zlib-compressed and chunked one ``chunk_dim`` per chunk.
+
+    Data variables with ``chunk_dim`` get chunks of size 1 along it and full size elsewhere.
+    """
+    encoding = {}
+    for name, var in ds.data_vars.items():
+        enc: dict[str, Any] = {"zlib": True, "complevel": 4, "shuffle": True}
+        if chunk_dim in var.dims:
+            enc["chunksizes"] = tuple(1 if d == chunk_dim else ds.sizes[d] for d in var.dims)
+        encoding[name] = enc
+    ds.attrs.setdefault("Conventions", "CF-1.10")
+    with atomic_path(path) as tmp:
+        ds.to_netcdf(tmp, engine="netcdf4", format="NETCDF4", encoding=encoding)
+
+
+def open_dataset(
+    path: str | os.PathLike,
+    variables: tuple[str, ...] = (),
+    dims: tuple[str, ...] = (),
+    engine: str | None = None,
+) -> xr.Dataset:
+    """Open and load ``path`` as an xarray Dataset, checking what the caller relies on.
+
+    Raises :class:`MldiffError` naming the file when it is missing, unreadable, lacks one of
+    ``variables`` or ``dims``, or holds non-finite values in ``variables``.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise MldiffError(f"{path}: file not found")
+    try:
+        with xr.open_dataset(path, engine=engine) as ds:
+            ds = ds.load()
+    except Exception as exc:  # noqa: BLE001 - any reader failure means the same to the user
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise MldiffError(f"{path}: not a readable NetCDF/HDF5 dataset ({first})") from None
+    missing = [v for v in variables if v not in ds.data_vars]
+    if missing:
+        raise MldiffError(
+            f"{path}: missing variable(s) {missing}; it has {sorted(map(str, ds.data_vars))}"
+        )
+    missing = [d for d in dims if d not in ds.dims]
+    if missing:
+        raise MldiffError(f"{path}: missing dimension(s) {missing}; it has {sorted(ds.dims)}")
+    for v in variables:
+        if not np.isfinite(ds[v].values).all():
+            raise MldiffError(f"{path}: variable {v!r} contains NaN or inf values")
+    return ds
