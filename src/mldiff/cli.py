@@ -1,0 +1,159 @@
+"""``mldiff <step>``: one subcommand per pipeline step, thin wrappers over the package.
+
+Every step reads the validated ``params.yaml`` (``--params``) and takes explicit input and
+output paths, so a Snakemake rule or a DVC stage is a one-line call. Outputs are written
+atomically. Bad input ends with one line ``mldiff: error: ...`` on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import yaml
+
+from mldiff import config, io
+from mldiff.errors import MldiffError
+
+log = logging.getLogger("mldiff")
+
+
+def _params_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--params", default="params.yaml", type=Path, help="params file")
+
+
+def cmd_simulate(args: argparse.Namespace) -> None:
+    """Simulate the configured PDE, or import ``data.source``, into the raw dataset."""
+    from mldiff.datasets import read_source
+    from mldiff.pde import simulate_dataset
+
+    params = config.load_params(args.params)
+    raw = config.read_yaml(args.params)
+    if params.data.source is not None:
+        ds = read_source(params.data.source.model_dump())
+        log.info("imported %s (%d samples)", params.data.source.path, ds.sizes["sample"])
+    else:
+        pde = params.pde
+        ds = simulate_dataset(
+            pde.system,
+            pde.parameters,
+            pde.n,
+            pde.times,
+            pde.n_samples,
+            params.seed,
+            length=pde.length,
+            origin=pde.origin,
+            boundary=pde.boundary,
+            laplacian=pde.laplacian,
+            batch_size=pde.batch_size,
+            dtype=pde.dtype,
+            device=pde.device,
+            **pde.solver.model_dump(),
+        )
+    ds.attrs.update(io.provenance(raw))
+    io.write_netcdf(ds, args.out)
+    log.info("wrote %s", args.out)
+
+
+def cmd_store(args: argparse.Namespace) -> None:
+    """Build one level of the multiresolution store from the raw dataset."""
+    from mldiff.datasets import build_level, read_source
+
+    params = config.load_params(args.params)
+    if args.level not in params.store.levels:
+        raise MldiffError(f"--level {args.level}: not in store.levels {params.store.levels}")
+    source = read_source(_source_spec(params, args.input))
+    level = build_level(
+        source,
+        args.level,
+        method=params.store.method,
+        species=params.store.species,
+        split=params.store.split.model_dump(),
+        seed=params.store.seed,
+        params=config.read_yaml(args.params),
+    )
+    io.write_netcdf(level, args.out)
+    log.info("wrote level %d to %s", args.level, args.out)
+
+
+def _source_spec(params: config.Params, raw_path: Path) -> dict:
+    """The adapter spec of the raw dataset written by ``mldiff simulate``."""
+    return {
+        "path": str(raw_path),
+        "variables": params.store.species,
+        "dims": {"sample": "sample", "y": "y", "x": "x"},
+        "time": {"dim": "time", "value": params.store.time},
+        "boundary": params.boundary,
+    }
+
+
+def cmd_schema(args: argparse.Namespace) -> None:
+    """Write the JSON schema of params.yaml (used by Snakemake's ``validate``)."""
+    import json
+
+    io.write_text(args.out, json.dumps(config.json_schema(), indent=2, sort_keys=True) + "\n")
+
+
+def cmd_preset(args: argparse.Namespace) -> None:
+    """Write params.yaml as the defaults overridden by a preset file (``default``: none)."""
+    base = config.Params().model_dump(mode="json")
+    if args.name != "default":
+        path = config.PRESETS_DIR / f"{args.name}.yaml"
+        if not path.is_file():
+            names = sorted(p.stem for p in config.PRESETS_DIR.glob("*.yaml"))
+            raise MldiffError(f"preset {args.name!r}: no {path}; available: default, {names}")
+        base = config.deep_merge(base, config.read_yaml(path))
+    config.validate(base, f"preset {args.name}")
+    header = f"# mldiff params: preset {args.name!r} (written by `mldiff preset {args.name}`)\n"
+    io.write_text(args.out, header + yaml.safe_dump(base, sort_keys=False))
+    log.info("wrote %s from preset %s", args.out, args.name)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mldiff", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="<step>")
+
+    p = sub.add_parser("simulate", help=cmd_simulate.__doc__)
+    _params_arg(p)
+    p.add_argument("--out", required=True, type=Path, help="raw dataset (NetCDF)")
+    p.set_defaults(func=cmd_simulate)
+
+    p = sub.add_parser("store", help=cmd_store.__doc__)
+    _params_arg(p)
+    p.add_argument("--input", required=True, type=Path, help="raw dataset from `simulate`")
+    p.add_argument("--level", required=True, type=int, help="grid size n of the level")
+    p.add_argument("--out", required=True, type=Path, help="level file (NetCDF)")
+    p.set_defaults(func=cmd_store)
+
+    p = sub.add_parser("schema", help=cmd_schema.__doc__)
+    p.add_argument("--out", required=True, type=Path)
+    p.set_defaults(func=cmd_schema)
+
+    p = sub.add_parser("preset", help=cmd_preset.__doc__)
+    p.add_argument("name", help="preset name in workflow/presets/, or 'default'")
+    p.add_argument("--out", default="params.yaml", type=Path)
+    p.set_defaults(func=cmd_preset)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        args.func(args)
+    except MldiffError as exc:
+        print(f"mldiff: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

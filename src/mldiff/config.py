@@ -1,0 +1,280 @@
+"""The params model: one source of truth for validating ``params.yaml``.
+
+``load_params(path)`` reads YAML with ``yaml.safe_load``, validates every key and returns a
+frozen :class:`Params`. Any problem raises :class:`~mldiff.errors.MldiffError` with one line
+naming the file, the dotted key and what was expected (unknown keys get a did-you-mean).
+The Snakemake schema in ``workflow/schemas/params.schema.json`` is generated from this model
+(``mldiff schema``), and a test checks that the two agree.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import os
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from mldiff.errors import MldiffError
+
+PRESETS_DIR = Path(__file__).resolve().parents[2] / "workflow" / "presets"
+
+PosInt = Annotated[int, Field(ge=1)]
+PosFloat = Annotated[float, Field(gt=0)]
+
+
+def _is_power_of_two(n: int) -> bool:
+    return n >= 1 and (n & (n - 1)) == 0
+
+
+class Section(BaseModel):
+    """Base of every params section: unknown keys are errors, values are immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SolverParams(Section):
+    """Time stepping of the ETDRK4 solver (see :mod:`mldiff.pde.etdrk4`)."""
+
+    dt_max: PosFloat = 0.01
+    dt0: PosFloat = 1e-4
+    ramp: Annotated[float, Field(gt=1.0)] = 1.1
+
+    @model_validator(mode="after")
+    def _ordered(self) -> SolverParams:
+        if self.dt0 > self.dt_max:
+            raise ValueError(f"dt0 ({self.dt0}) must not exceed dt_max ({self.dt_max})")
+        return self
+
+
+class PdeParams(Section):
+    """The reaction-diffusion simulation that produces the raw dataset."""
+
+    system: str = "fitzhugh_nagumo"
+    parameters: dict[str, float | str] = {}
+    boundary: Literal["periodic", "neumann"] | None = None
+    laplacian: Literal["spectral", "finite_volume"] = "finite_volume"
+    n: Annotated[int, Field(ge=8, le=4096)] = 64
+    length: PosFloat = 2.0
+    origin: float = -1.0
+    times: Annotated[list[Annotated[float, Field(ge=0)]], Field(min_length=1)] = [2.5]
+    n_samples: PosInt = 64
+    batch_size: PosInt = 64
+    solver: SolverParams = SolverParams()
+    dtype: Literal["float32", "float64"] = "float64"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+    @field_validator("n")
+    @classmethod
+    def _n_power_of_two(cls, n: int) -> int:
+        if not _is_power_of_two(n):
+            raise ValueError(f"expected a power of two (e.g. 64, 128), got {n}")
+        return n
+
+    @field_validator("times")
+    @classmethod
+    def _times_increasing(cls, times: list[float]) -> list[float]:
+        if any(b <= a for a, b in zip(times, times[1:], strict=False)):
+            raise ValueError(f"expected strictly increasing times, got {times}")
+        return times
+
+    @model_validator(mode="after")
+    def _system_known(self) -> PdeParams:
+        from mldiff.pde import get_system
+
+        get_system(self.system, self.parameters)  # raises MldiffError naming the problem
+        return self
+
+
+class SourceDims(Section):
+    sample: str
+    y: str
+    x: str
+
+
+class SourceTime(Section):
+    """Which snapshot of a file with a time axis: by ``index`` or by ``value`` (not both)."""
+
+    dim: str
+    index: int | None = None
+    value: float | None = None
+
+    @model_validator(mode="after")
+    def _one_of(self) -> SourceTime:
+        if (self.index is None) == (self.value is None):
+            raise ValueError("give exactly one of 'index' or 'value'")
+        return self
+
+
+class SourceParams(Section):
+    """A scientist's own NetCDF/zarr/HDF5 file, described by configuration alone."""
+
+    path: str
+    variables: Annotated[list[str], Field(min_length=1)]
+    dims: SourceDims
+    time: SourceTime | None = None
+    boundary: Literal["periodic", "neumann"] = "neumann"
+    length: PosFloat | None = None
+
+
+class DataParams(Section):
+    """Where the raw fields come from: the PDE simulation (default) or ``source``."""
+
+    source: SourceParams | None = None
+
+
+class SplitParams(Section):
+    train: Annotated[float, Field(gt=0, le=1)] = 0.8
+    validation: Annotated[float, Field(ge=0, lt=1)] = 0.1
+    test: Annotated[float, Field(ge=0, lt=1)] = 0.1
+
+    @model_validator(mode="after")
+    def _sums_to_one(self) -> SplitParams:
+        total = self.train + self.validation + self.test
+        if not math.isclose(total, 1.0, abs_tol=1e-9):
+            raise ValueError(f"train + validation + test must be 1, got {total:g}")
+        return self
+
+
+class StoreParams(Section):
+    """The multiresolution store: which snapshot and species, which levels, how to coarsen."""
+
+    species: Annotated[list[str], Field(min_length=1)] = ["u"]
+    time: float | None = 2.5
+    levels: Annotated[list[int], Field(min_length=1)] = [16, 32, 64]
+    method: Literal["average", "spectral"] = "average"
+    split: SplitParams = SplitParams()
+    seed: Annotated[int, Field(ge=0)] = 0
+
+    @field_validator("levels")
+    @classmethod
+    def _levels_valid(cls, levels: list[int]) -> list[int]:
+        bad = [n for n in levels if not _is_power_of_two(n) or n < 4]
+        if bad:
+            raise ValueError(f"expected powers of two >= 4, got {bad}")
+        if any(b <= a for a, b in zip(levels, levels[1:], strict=False)):
+            raise ValueError(f"expected strictly increasing levels, got {levels}")
+        return levels
+
+
+class Params(Section):
+    """All of ``params.yaml``."""
+
+    seed: Annotated[int, Field(ge=0)] = 0
+    pde: PdeParams = PdeParams()
+    data: DataParams = DataParams()
+    store: StoreParams = StoreParams()
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Params:
+        if self.data.source is None:
+            finest = self.store.levels[-1]
+            if finest > self.pde.n:
+                raise ValueError(
+                    f"store.levels: finest level {finest} exceeds the simulation grid pde.n = "
+                    f"{self.pde.n}"
+                )
+            if self.store.time is None or not any(
+                math.isclose(self.store.time, t) for t in self.pde.times
+            ):
+                raise ValueError(
+                    f"store.time: {self.store.time} is not one of the saved pde.times "
+                    f"{self.pde.times}"
+                )
+        return self
+
+    @property
+    def boundary(self) -> str:
+        """Boundary condition of the data: the source's, or the PDE system's default."""
+        if self.data.source is not None:
+            return self.data.source.boundary
+        if self.pde.boundary is not None:
+            return self.pde.boundary
+        from mldiff.pde import get_system
+
+        return get_system(self.pde.system, self.pde.parameters).default_boundary
+
+
+def _location(loc: tuple[Any, ...]) -> str:
+    return ".".join(str(p) for p in loc) or "<root>"
+
+
+def _known_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    """The allowed keys of the section at ``loc`` (for did-you-mean)."""
+    for part in loc[:-1]:
+        field = model.model_fields.get(str(part))
+        if field is None:
+            return []
+        annotation = field.annotation
+        candidates = [a for a in getattr(annotation, "__args__", (annotation,))]
+        sub = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
+        if sub is None:
+            return []
+        model = sub
+    return list(model.model_fields)
+
+
+def _first_error(exc: ValidationError, source: str) -> MldiffError:
+    err = exc.errors()[0]
+    loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+    key = _location(loc)
+    if err["type"] == "extra_forbidden":
+        known = _known_keys(Params, loc)
+        close = difflib.get_close_matches(str(loc[-1]), known, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else f"; allowed keys: {sorted(known)}"
+        return MldiffError(f"{source}: {key}: unknown key{hint}")
+    if isinstance(err.get("ctx", {}).get("error"), MldiffError):
+        return MldiffError(f"{source}: {key}: {err['ctx']['error']}")
+    msg = err["msg"].removeprefix("Value error, ")
+    got = err.get("input")
+    suffix = "" if isinstance(got, dict) or err["type"] == "value_error" else f", got {got!r}"
+    return MldiffError(f"{source}: {key}: {msg}{suffix}")
+
+
+def validate(raw: Any, source: str = "params") -> Params:
+    """Validate a params mapping; raise :class:`MldiffError` with one line on the first problem."""
+    if not isinstance(raw, dict):
+        raise MldiffError(f"{source}: expected a YAML mapping of sections, got {type(raw).__name__}")
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as exc:
+        raise _first_error(exc, source) from None
+    except MldiffError as exc:
+        raise MldiffError(f"{source}: {exc}") from None
+
+
+def read_yaml(path: str | os.PathLike) -> Any:
+    """``yaml.safe_load`` of ``path`` with one-line errors naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise MldiffError(f"{path}: params file not found")
+    try:
+        return yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark else ""
+        raise MldiffError(f"{path}: not valid YAML{where}") from None
+
+
+def load_params(path: str | os.PathLike = "params.yaml") -> Params:
+    """Read and validate a params file."""
+    return validate(read_yaml(path), str(path))
+
+
+def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """``base`` updated recursively by ``override`` (mappings merge, other values replace)."""
+    out = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def json_schema() -> dict[str, Any]:
+    """JSON schema of ``params.yaml`` (for Snakemake's ``validate``)."""
+    return Params.model_json_schema()
