@@ -115,6 +115,7 @@ def cmd_preset(args: argparse.Namespace) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mldiff", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
     sub = parser.add_subparsers(dest="command", required=True, metavar="<step>")
 
     p = sub.add_parser("simulate", help=cmd_simulate.__doc__)
@@ -147,6 +148,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    if args.threads is not None:
+        import torch
+
+        torch.set_num_threads(max(1, args.threads))
     try:
         args.func(args)
     except MldiffError as exc:

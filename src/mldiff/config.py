@@ -63,7 +63,7 @@ class PdeParams(Section):
     times: Annotated[list[Annotated[float, Field(ge=0)]], Field(min_length=1)] = [2.5]
     n_samples: PosInt = 64
     batch_size: PosInt = 64
-    solver: SolverParams = SolverParams()
+    solver: SolverParams = Field(default_factory=SolverParams)
     dtype: Literal["float32", "float64"] = "float64"
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
@@ -146,7 +146,7 @@ class StoreParams(Section):
     time: float | None = 2.5
     levels: Annotated[list[int], Field(min_length=1)] = [16, 32, 64]
     method: Literal["average", "spectral"] = "average"
-    split: SplitParams = SplitParams()
+    split: SplitParams = Field(default_factory=SplitParams)
     seed: Annotated[int, Field(ge=0)] = 0
 
     @field_validator("levels")
@@ -164,9 +164,9 @@ class Params(Section):
     """All of ``params.yaml``."""
 
     seed: Annotated[int, Field(ge=0)] = 0
-    pde: PdeParams = PdeParams()
-    data: DataParams = DataParams()
-    store: StoreParams = StoreParams()
+    pde: PdeParams = Field(default_factory=PdeParams)
+    data: DataParams = Field(default_factory=DataParams)
+    store: StoreParams = Field(default_factory=StoreParams)
 
     @model_validator(mode="after")
     def _consistent(self) -> Params:
@@ -278,3 +278,17 @@ def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]
 def json_schema() -> dict[str, Any]:
     """JSON schema of ``params.yaml`` (for Snakemake's ``validate``)."""
     return Params.model_json_schema()
+
+
+# The params sections each pipeline step reads: recorded in its outputs' provenance, passed
+# to Snakemake's ``params:`` (rerun trigger) and listed in the DVC stage's ``params:``.
+STEP_PARAMS: dict[str, tuple[str, ...]] = {
+    "simulate": ("seed", "pde", "data"),
+    "store": ("store",),
+}
+
+
+def step_params(params: Params, step: str) -> dict[str, Any]:
+    """The sections of ``params`` that ``step`` reads, as plain JSON-ready data."""
+    dumped = params.model_dump(mode="json")
+    return {key: dumped[key] for key in STEP_PARAMS[step]}

@@ -1,0 +1,21 @@
+# mldiff workflow: params -> simulate -> store -> train -> sample -> evaluate -> report.
+# Every rule is a thin call of one `mldiff <step>` command; dvc.yaml calls the same commands.
+from snakemake.utils import min_version, validate
+
+min_version("8.20")
+
+configfile: "params.yaml"
+
+
+validate(config, "workflow/schemas/params.schema.json")
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/simulate.smk"
+include: "workflow/rules/store.smk"
+
+
+rule all:
+    input:
+        all_outputs(),
+    default_target: True

@@ -1,0 +1,29 @@
+# Helpers shared by the rules: the validated params and the output layout under data/.
+
+from mldiff import config as mlconfig
+
+PARAMS_FILE = "params.yaml"
+PARAMS = mlconfig.load_params(PARAMS_FILE)
+
+# Rules pass params.yaml to `mldiff`; overriding values with --config/--configfile would make
+# the DAG disagree with what the commands read, so switch presets with `mldiff preset NAME`.
+if mlconfig.validate(dict(config), "snakemake config") != PARAMS:
+    raise ValueError(
+        "Snakemake config differs from params.yaml: edit params.yaml or run "
+        "`mldiff preset NAME` instead of --config/--configfile overrides"
+    )
+
+RAW = "data/raw/simulation.nc"
+LEVEL = "data/store/level_{n}.nc"
+LOGS = "data/logs"
+BENCH = "data/benchmarks"
+
+def step_params(step):
+    """The params sections `step` reads (a rerun trigger when they change)."""
+    return mlconfig.step_params(PARAMS, step)
+
+def level_files():
+    return expand(LEVEL, n=PARAMS.store.levels)
+
+def all_outputs():
+    return level_files()
