@@ -13,6 +13,8 @@ validate(config, "workflow/schemas/params.schema.json")
 include: "workflow/rules/common.smk"
 include: "workflow/rules/simulate.smk"
 include: "workflow/rules/store.smk"
+include: "workflow/rules/train.smk"
+include: "workflow/rules/sample.smk"
 
 
 rule all:

@@ -31,9 +31,8 @@ def cmd_simulate(args: argparse.Namespace) -> None:
     from mldiff.pde import simulate_dataset
 
     params = config.load_params(args.params)
-    raw = config.read_yaml(args.params)
     if params.data.source is not None:
-        ds = read_source(params.data.source.model_dump())
+        ds = read_source(**params.data.source.model_dump())
         log.info("imported %s (%d samples)", params.data.source.path, ds.sizes["sample"])
     else:
         pde = params.pde
@@ -53,7 +52,7 @@ def cmd_simulate(args: argparse.Namespace) -> None:
             device=pde.device,
             **pde.solver.model_dump(),
         )
-    ds.attrs.update(io.provenance(raw))
+    ds.attrs.update(io.provenance(config.step_params(params, "simulate")))
     io.write_netcdf(ds, args.out)
     log.info("wrote %s", args.out)
 
@@ -65,29 +64,64 @@ def cmd_store(args: argparse.Namespace) -> None:
     params = config.load_params(args.params)
     if args.level not in params.store.levels:
         raise MldiffError(f"--level {args.level}: not in store.levels {params.store.levels}")
-    source = read_source(_source_spec(params, args.input))
+    imported = params.data.source is not None
+    source = read_source(
+        args.input,
+        variables=params.store.species,
+        time=None if imported else {"dim": "time", "value": params.store.time},
+    )
     level = build_level(
         source,
         args.level,
         method=params.store.method,
         species=params.store.species,
-        split=params.store.split.model_dump(),
+        split=list(params.store.split.model_dump().values()),
         seed=params.store.seed,
-        params=config.read_yaml(args.params),
+        params=config.step_params(params, "store"),
     )
     io.write_netcdf(level, args.out)
     log.info("wrote level %d to %s", args.level, args.out)
 
 
-def _source_spec(params: config.Params, raw_path: Path) -> dict:
-    """The adapter spec of the raw dataset written by ``mldiff simulate``."""
-    return {
-        "path": str(raw_path),
-        "variables": params.store.species,
-        "dims": {"sample": "sample", "y": "y", "x": "x"},
-        "time": {"dim": "time", "value": params.store.time},
-        "boundary": params.boundary,
-    }
+def _level_paths(params: config.Params, store: Path) -> dict[int, Path]:
+    return {n: store / f"level_{n}.nc" for n in params.store.levels}
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    """Train one run (per-level or multilevel) on the store's levels."""
+    from mldiff.train import train_run
+
+    params = config.load_params(args.params)
+    summary = train_run(
+        params,
+        args.run,
+        _level_paths(params, args.store),
+        args.out,
+        args.checkpoint or args.out.with_name("checkpoint.pt"),
+        resume=args.resume,
+    )
+    log.info("trained %s: %s", args.run, summary)
+
+
+def cmd_sample(args: argparse.Namespace) -> None:
+    """Draw fields from a trained model at one resolution."""
+    from mldiff.sample import generate
+
+    params = config.load_params(args.params)
+    cfg = params.sample
+    ds = generate(
+        args.model,
+        args.resolution,
+        sampler=cfg.sampler,
+        steps=cfg.steps,
+        n_samples=cfg.n_samples,
+        batch_size=cfg.batch_size,
+        seed=cfg.seed,
+        device=cfg.device,
+    )
+    ds.attrs.update(io.provenance(config.step_params(params, "sample")))
+    io.write_netcdf(ds, args.out)
+    log.info("wrote %s", args.out)
 
 
 def cmd_schema(args: argparse.Namespace) -> None:
@@ -105,7 +139,7 @@ def cmd_preset(args: argparse.Namespace) -> None:
         if not path.is_file():
             names = sorted(p.stem for p in config.PRESETS_DIR.glob("*.yaml"))
             raise MldiffError(f"preset {args.name!r}: no {path}; available: default, {names}")
-        base = config.deep_merge(base, config.read_yaml(path))
+        base = config.deep_merge(base, config.read_yaml(path), depth=2)
     config.validate(base, f"preset {args.name}")
     header = f"# mldiff params: preset {args.name!r} (written by `mldiff preset {args.name}`)\n"
     io.write_text(args.out, header + yaml.safe_dump(base, sort_keys=False))
@@ -129,6 +163,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--level", required=True, type=int, help="grid size n of the level")
     p.add_argument("--out", required=True, type=Path, help="level file (NetCDF)")
     p.set_defaults(func=cmd_store)
+
+    p = sub.add_parser("train", help=cmd_train.__doc__)
+    _params_arg(p)
+    p.add_argument("--run", required=True, help="name in train.runs")
+    p.add_argument("--store", required=True, type=Path, help="folder of level_<n>.nc files")
+    p.add_argument("--out", required=True, type=Path, help="trained model file (.pt)")
+    p.add_argument("--checkpoint", type=Path, help="default: checkpoint.pt beside --out")
+    p.add_argument("--resume", action="store_true", help="continue from a matching checkpoint")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("sample", help=cmd_sample.__doc__)
+    _params_arg(p)
+    p.add_argument("--model", required=True, type=Path, help="trained model file")
+    p.add_argument("--resolution", required=True, type=int, help="output grid size n")
+    p.add_argument("--out", required=True, type=Path, help="samples (NetCDF)")
+    p.set_defaults(func=cmd_sample)
 
     p = sub.add_parser("schema", help=cmd_schema.__doc__)
     p.add_argument("--out", required=True, type=Path)

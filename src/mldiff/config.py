@@ -12,6 +12,7 @@ from __future__ import annotations
 import difflib
 import math
 import os
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -39,9 +40,9 @@ class Section(BaseModel):
 class SolverParams(Section):
     """Time stepping of the ETDRK4 solver (see :mod:`mldiff.pde.etdrk4`)."""
 
-    dt_max: PosFloat = 0.01
-    dt0: PosFloat = 1e-4
-    ramp: Annotated[float, Field(gt=1.0)] = 1.1
+    dt_max: PosFloat = 0.05
+    dt0: PosFloat = 1e-3
+    ramp_steps: Annotated[int, Field(ge=0)] = 4
 
     @model_validator(mode="after")
     def _ordered(self) -> SolverParams:
@@ -160,6 +161,135 @@ class StoreParams(Section):
         return levels
 
 
+class ProcessParams(Section):
+    """The forward process (``mldiff.diffusion.PROCESSES``) and its schedule."""
+
+    process: str = "vp"
+    beta_min: PosFloat = 0.1
+    beta_max: PosFloat = 20.0
+    t_min: Annotated[float, Field(gt=0, lt=0.5)] = 1e-3
+
+    @model_validator(mode="after")
+    def _known(self) -> ProcessParams:
+        from mldiff.diffusion import PROCESSES
+
+        if self.process not in PROCESSES:
+            raise ValueError(f"process: expected one of {sorted(PROCESSES)}, got {self.process!r}")
+        if self.beta_max < self.beta_min:
+            raise ValueError(f"beta_max ({self.beta_max}) must be >= beta_min ({self.beta_min})")
+        return self
+
+
+class PriorSpec(Section):
+    """A noise covariance Q: a name in ``mldiff.diffusion.PRIORS`` and its parameters."""
+
+    name: str
+    params: dict[str, float] = {}
+
+    @model_validator(mode="after")
+    def _buildable(self) -> PriorSpec:
+        from mldiff.diffusion import build_prior
+
+        build_prior(self.name, **self.params)
+        return self
+
+
+class NetworkSpec(Section):
+    """A score network: ``arch`` in ``mldiff.models.MODELS`` and its hyperparameters."""
+
+    arch: str
+    params: dict[str, int | float] = {}
+
+    @model_validator(mode="after")
+    def _known(self) -> NetworkSpec:
+        from mldiff.models import hyperparameters
+
+        allowed = hyperparameters(self.arch)
+        reserved = {"boundary", "origin", "length", "resolution"}
+        unknown = sorted(set(self.params) - (set(allowed) - reserved))
+        if unknown:
+            raise ValueError(
+                f"unknown {self.arch} hyperparameter(s) {unknown}; expected one of "
+                f"{sorted(set(allowed) - reserved)} (grid and boundary come from the store)"
+            )
+        return self
+
+
+class RunSpec(Section):
+    """One trained model: a network, a prior and a schedule of ``[level, steps]`` stages
+    (one stage: per-level training; several: multilevel, warm-started coarse to fine)."""
+
+    network: str
+    prior: str
+    schedule: Annotated[list[tuple[Annotated[int, Field(ge=4)], PosInt]], Field(min_length=1)]
+
+    @field_validator("schedule")
+    @classmethod
+    def _coarse_to_fine(cls, schedule: list[tuple[int, int]]) -> list[tuple[int, int]]:
+        levels = [level for level, _ in schedule]
+        if any(b <= a for a, b in zip(levels, levels[1:], strict=False)):
+            raise ValueError(f"expected strictly increasing levels, got {levels}")
+        return schedule
+
+
+class TrainParams(Section):
+    """Optimization settings shared by every run, and the runs themselves."""
+
+    batch_size: PosInt = 16
+    lr: PosFloat = 1e-3
+    weight_decay: Annotated[float, Field(ge=0)] = 0.0
+    warmup_steps: Annotated[int, Field(ge=0)] = 20
+    min_lr_ratio: Annotated[float, Field(ge=0, le=1)] = 0.1
+    ema_decay: Annotated[float, Field(ge=0, lt=1)] = 0.99
+    grad_clip: PosFloat = 1.0
+    checkpoint_every: PosInt = 100
+    validate_every: PosInt = 50
+    validation_times: PosInt = 8
+    bf16: bool = False
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    seed: Annotated[int, Field(ge=0)] = 0
+    runs: Annotated[dict[str, RunSpec], Field(min_length=1)] = Field(
+        default_factory=lambda: {
+            "fno_matern_l32": RunSpec(network="fno", prior="matern", schedule=[(32, 300)]),
+            "fno_matern_multilevel": RunSpec(
+                network="fno", prior="matern", schedule=[(16, 200), (32, 100)]
+            ),
+            "fno_white_l32": RunSpec(network="fno", prior="white", schedule=[(32, 300)]),
+            "unet_matern_l32": RunSpec(network="unet", prior="matern", schedule=[(32, 300)]),
+        }
+    )
+
+    @field_validator("runs")
+    @classmethod
+    def _names(cls, runs: dict[str, RunSpec]) -> dict[str, RunSpec]:
+        bad = [name for name in runs if not re.fullmatch(r"[A-Za-z0-9_]+", name)]
+        if bad:
+            raise ValueError(f"run names must be letters, digits and '_', got {bad}")
+        return runs
+
+
+class SampleParams(Section):
+    """Sampling every trained run at several resolutions."""
+
+    sampler: Literal["em", "ode"] = "em"
+    steps: PosInt = 100
+    n_samples: PosInt = 32
+    batch_size: PosInt = 32
+    resolutions: Annotated[list[Annotated[int, Field(ge=4)]], Field(min_length=1)] = [
+        32, 64, 128
+    ]
+    seed: Annotated[int, Field(ge=0)] = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+    @field_validator("resolutions")
+    @classmethod
+    def _powers(cls, resolutions: list[int]) -> list[int]:
+        bad = [n for n in resolutions if not _is_power_of_two(n)]
+        if bad:
+            raise ValueError(f"expected powers of two, got {bad}")
+        return resolutions
+
+
 class Params(Section):
     """All of ``params.yaml``."""
 
@@ -167,6 +297,21 @@ class Params(Section):
     pde: PdeParams = Field(default_factory=PdeParams)
     data: DataParams = Field(default_factory=DataParams)
     store: StoreParams = Field(default_factory=StoreParams)
+    diffusion: ProcessParams = Field(default_factory=ProcessParams)
+    priors: Annotated[dict[str, PriorSpec], Field(min_length=1)] = Field(
+        default_factory=lambda: {
+            "matern": PriorSpec(name="matern", params={"gamma": 1.1}),
+            "white": PriorSpec(name="white"),
+        }
+    )
+    networks: Annotated[dict[str, NetworkSpec], Field(min_length=1)] = Field(
+        default_factory=lambda: {
+            "fno": NetworkSpec(arch="fno", params={"width": 24, "modes": 8, "layers": 4}),
+            "unet": NetworkSpec(arch="unet", params={"width": 16, "depth": 3}),
+        }
+    )
+    train: TrainParams = Field(default_factory=TrainParams)
+    sample: SampleParams = Field(default_factory=SampleParams)
 
     @model_validator(mode="after")
     def _consistent(self) -> Params:
@@ -184,7 +329,33 @@ class Params(Section):
                     f"store.time: {self.store.time} is not one of the saved pde.times "
                     f"{self.pde.times}"
                 )
+        for name, run in self.train.runs.items():
+            self._check_run(name, run)
         return self
+
+    def _check_run(self, name: str, run: RunSpec) -> None:
+        key = f"train.runs.{name}"
+        if run.network not in self.networks:
+            raise ValueError(f"{key}.network: {run.network!r} is not one of networks "
+                             f"{sorted(self.networks)}")
+        if run.prior not in self.priors:
+            raise ValueError(f"{key}.prior: {run.prior!r} is not one of priors "
+                             f"{sorted(self.priors)}")
+        levels = [level for level, _ in run.schedule]
+        missing = [level for level in levels if level not in self.store.levels]
+        if missing:
+            raise ValueError(f"{key}.schedule: levels {missing} are not in store.levels "
+                             f"{self.store.levels}")
+        network = self.networks[run.network]
+        if network.arch == "unet" and len(levels) > 1:
+            raise ValueError(f"{key}.schedule: the unet is resolution-bound; give one level")
+        if network.arch == "fno":
+            modes = int(network.params.get("modes", 12))
+            need = 2 * modes if self.boundary == "periodic" else modes
+            small = [n for n in levels + self.sample.resolutions if n < need]
+            if small:
+                raise ValueError(f"{key}: resolutions {small} are too small for "
+                                 f"networks.{run.network} modes={modes} (need n >= {need})")
 
     @property
     def boundary(self) -> str:
@@ -195,7 +366,7 @@ class Params(Section):
             return self.pde.boundary
         from mldiff.pde import get_system
 
-        return get_system(self.pde.system, self.pde.parameters).default_boundary
+        return get_system(self.pde.system, self.pde.parameters).boundary
 
 
 def _location(loc: tuple[Any, ...]) -> str:
@@ -231,7 +402,8 @@ def _first_error(exc: ValidationError, source: str) -> MldiffError:
     msg = err["msg"].removeprefix("Value error, ")
     got = err.get("input")
     suffix = "" if isinstance(got, dict) or err["type"] == "value_error" else f", got {got!r}"
-    return MldiffError(f"{source}: {key}: {msg}{suffix}")
+    where = f"{source}: {key}: " if loc else f"{source}: "
+    return MldiffError(f"{where}{msg}{suffix}")
 
 
 def validate(raw: Any, source: str = "params") -> Params:
@@ -264,12 +436,16 @@ def load_params(path: str | os.PathLike = "params.yaml") -> Params:
     return validate(read_yaml(path), str(path))
 
 
-def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
-    """``base`` updated recursively by ``override`` (mappings merge, other values replace)."""
+def deep_merge(
+    base: dict[str, Any], override: dict[str, Any], depth: int | None = None
+) -> dict[str, Any]:
+    """``base`` updated by ``override``: mappings merge down to ``depth`` levels (all when
+    None), below that values replace. Presets use ``depth=2``: a preset's ``train.runs`` or
+    ``pde.solver`` replaces the default one instead of adding to it."""
     out = dict(base)
     for key, value in override.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = deep_merge(out[key], value)
+        if isinstance(value, dict) and isinstance(out.get(key), dict) and depth != 1:
+            out[key] = deep_merge(out[key], value, None if depth is None else depth - 1)
         else:
             out[key] = value
     return out
@@ -285,6 +461,8 @@ def json_schema() -> dict[str, Any]:
 STEP_PARAMS: dict[str, tuple[str, ...]] = {
     "simulate": ("seed", "pde", "data"),
     "store": ("store",),
+    "train": ("diffusion", "priors", "networks", "train"),
+    "sample": ("sample",),
 }
 
 

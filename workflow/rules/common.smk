@@ -14,7 +14,11 @@ if mlconfig.validate(dict(config), "snakemake config") != PARAMS:
     )
 
 RAW = "data/raw/simulation.nc"
-LEVEL = "data/store/level_{n}.nc"
+STORE = "data/store"
+LEVEL = STORE + "/level_{n}.nc"
+MODELS = "data/models"
+MODEL = MODELS + "/{run}/model.pt"
+SAMPLES = "data/samples/{run}/n{n}.nc"
 LOGS = "data/logs"
 BENCH = "data/benchmarks"
 
@@ -25,5 +29,18 @@ def step_params(step):
 def level_files():
     return expand(LEVEL, n=PARAMS.store.levels)
 
+def model_files():
+    return expand(MODEL, run=PARAMS.train.runs)
+
+
+def sample_files():
+    return expand(SAMPLES, run=PARAMS.train.runs, n=PARAMS.sample.resolutions)
+
+
 def all_outputs():
-    return level_files()
+    return level_files() + model_files() + sample_files()
+
+
+wildcard_constraints:
+    run="[A-Za-z0-9_]+",
+    n="[0-9]+",

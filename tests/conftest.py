@@ -1,0 +1,45 @@
+"""Shared fixtures: the repository root, a params writer and a temporary project copy."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from mldiff import config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def write_params(tmp_path):
+    """Write the default params overridden by a nested mapping; return the file's path."""
+
+    def write(override: dict | None = None, name: str = "params.yaml") -> Path:
+        raw = config.deep_merge(config.Params().model_dump(mode="json"), override or {})
+        path = tmp_path / name
+        path.write_text(yaml.safe_dump(raw))
+        return path
+
+    return write
+
+
+@pytest.fixture
+def project(tmp_path):
+    """A git-initialized copy of the repository (tracked files) with the tiny preset active."""
+    dest = tmp_path / "project"
+    files = subprocess.run(
+        ["git", "ls-files", "-co", "--exclude-standard"],
+        cwd=ROOT, capture_output=True, text=True, check=True,
+    ).stdout.split()
+    for rel in files:
+        src = ROOT / rel
+        if src.is_file():
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / rel)
+    subprocess.run(["git", "init", "-q"], cwd=dest, check=True)
+    subprocess.run(["mldiff", "preset", "tiny"], cwd=dest, check=True, capture_output=True)
+    return dest

@@ -1,0 +1,105 @@
+"""params.yaml validation: defaults, presets, schema and one-line errors naming the key."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from mldiff import config
+from mldiff.errors import MldiffError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_params_yaml_is_the_default_study():
+    assert config.load_params(ROOT / "params.yaml") == config.Params()
+
+
+@pytest.mark.parametrize("preset", ["tiny", "paper"])
+def test_presets_validate(preset):
+    raw = config.deep_merge(
+        config.Params().model_dump(mode="json"),
+        config.read_yaml(config.PRESETS_DIR / f"{preset}.yaml"),
+        depth=2,
+    )
+    assert isinstance(config.validate(raw, preset), config.Params)
+
+
+def test_snakemake_schema_is_generated_from_the_model():
+    on_disk = json.loads((ROOT / "workflow" / "schemas" / "params.schema.json").read_text())
+    assert on_disk == json.loads(json.dumps(config.json_schema()))
+
+
+BAD = [
+    ({"pde": {"nn": 64}}, "pde.nn: unknown key; did you mean 'n'?"),
+    ({"stor": {}}, "stor: unknown key; did you mean 'store'?"),
+    ({"pde": {"n": 100}}, "pde.n: expected a power of two"),
+    ({"pde": {"n": "big"}}, "pde.n:"),
+    ({"pde": {"n": 4}}, "pde.n:"),
+    ({"pde": {"times": [2.0, 1.0]}}, "pde.times: expected strictly increasing"),
+    ({"pde": {"times": [-1.0]}}, "pde.times.0:"),
+    ({"pde": {"laplacian": "fd"}}, "pde.laplacian:"),
+    ({"pde": {"dtype": "float16"}}, "pde.dtype:"),
+    ({"pde": {"system": "navier_stokes"}}, "navier_stokes"),
+    ({"pde": {"parameters": {"Duu": 1.0}}}, "Duu"),
+    ({"pde": {"solver": {"dt0": 1.0, "dt_max": 0.1}}}, "pde.solver: dt0 (1.0) must not exceed"),
+    ({"pde": {"solver": {"ramp_steps": -1}}}, "pde.solver.ramp_steps:"),
+    ({"pde": {"n_samples": 0}}, "pde.n_samples:"),
+    ({"store": {"levels": [16, 24]}}, "store.levels: expected powers of two"),
+    ({"store": {"levels": [32, 16]}}, "store.levels: expected strictly increasing"),
+    ({"store": {"levels": [16, 128]}}, "finest level 128 exceeds"),
+    ({"store": {"time": 3.0}}, "store.time: 3.0 is not one of the saved pde.times"),
+    ({"store": {"method": "nearest"}}, "store.method:"),
+    ({"store": {"split": {"train": 0.5, "validation": 0.1, "test": 0.1}}}, "must be 1"),
+    ({"store": {"species": []}}, "store.species:"),
+    ({"data": {"source": {"path": "x.nc"}}}, "data.source.variables:"),
+    (
+        {"data": {"source": {"path": "x.nc", "variables": ["u"],
+                             "dims": {"sample": "s", "y": "y", "x": "x"},
+                             "time": {"dim": "t"}}}},
+        "data.source.time: give exactly one of",
+    ),
+]
+
+
+@pytest.mark.parametrize(("override", "expected"), BAD, ids=[e for _, e in BAD])
+def test_bad_params_give_one_line_naming_the_key(write_params, override, expected):
+    path = write_params(override)
+    with pytest.raises(MldiffError) as info:
+        config.load_params(path)
+    message = str(info.value)
+    assert expected in message
+    assert message.startswith(str(path))
+    assert "\n" not in message
+
+
+def test_unreadable_yaml_names_the_file(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text("pde: [unclosed\n")
+    with pytest.raises(MldiffError, match=r"params.yaml: not valid YAML \(line"):
+        config.load_params(path)
+
+
+def test_missing_params_file(tmp_path):
+    with pytest.raises(MldiffError, match="params file not found"):
+        config.load_params(tmp_path / "nope.yaml")
+
+
+def test_step_params_cover_what_each_step_reads():
+    params = config.Params()
+    assert set(config.step_params(params, "store")) == {"store"}
+    assert config.step_params(params, "simulate")["pde"]["n"] == params.pde.n
+
+
+def test_dvc_stages_mirror_the_steps():
+    """Each DVC stage calls `mldiff <stage>` and lists exactly the params sections it reads."""
+    import yaml
+
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    assert set(stages) == set(config.STEP_PARAMS)
+    for name, stage in stages.items():
+        body = stage.get("do", stage)
+        assert body["cmd"].split()[:2] == ["mldiff", name]
+        assert tuple(body["params"]) == config.STEP_PARAMS[name]

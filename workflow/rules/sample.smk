@@ -1,0 +1,21 @@
+rule sample:
+    """Draw fields from one trained run at one resolution."""
+    input:
+        MODEL,
+    output:
+        SAMPLES,
+    params:
+        file=PARAMS_FILE,
+        keys=step_params("sample"),
+    log:
+        f"{LOGS}/sample_{{run}}_n{{n}}.log",
+    benchmark:
+        f"{BENCH}/sample_{{run}}_n{{n}}.tsv"
+    threads: 2
+    resources:
+        gpu=1,
+        mem_mb=8000,
+        runtime=60,
+    shell:
+        "mldiff --threads {threads} sample --params {params.file} --model {input}"
+        " --resolution {wildcards.n} --out {output} 2> {log}"

@@ -1,0 +1,24 @@
+rule train:
+    """Train one run of train.runs (per level, or multilevel coarse to fine)."""
+    input:
+        level_files(),
+    output:
+        model=MODEL,
+        loss=f"{MODELS}/{{run}}/loss.csv",
+        validation=f"{MODELS}/{{run}}/validation.csv",
+        summary=f"{MODELS}/{{run}}/train.json",
+    params:
+        file=PARAMS_FILE,
+        keys=step_params("train"),
+    log:
+        f"{LOGS}/train_{{run}}.log",
+    benchmark:
+        f"{BENCH}/train_{{run}}.tsv"
+    threads: 2
+    resources:
+        gpu=1,
+        mem_mb=8000,
+        runtime=240,
+    shell:
+        "mldiff --threads {threads} train --params {params.file} --run {wildcards.run}"
+        " --store {STORE} --out {output.model} --resume 2> {log}"
