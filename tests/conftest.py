@@ -16,10 +16,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture
 def write_params(tmp_path):
-    """Write the default params overridden by a nested mapping; return the file's path."""
+    """Write the default params overridden like a preset (depth 2); return the path."""
 
     def write(override: dict | None = None, name: str = "params.yaml") -> Path:
-        raw = config.deep_merge(config.Params().model_dump(mode="json"), override or {})
+        raw = config.deep_merge(config.Params().model_dump(mode="json"), override or {}, depth=2)
         path = tmp_path / name
         path.write_text(yaml.safe_dump(raw))
         return path

@@ -29,7 +29,8 @@ def test_presets_validate(preset):
 
 def test_snakemake_schema_is_generated_from_the_model():
     on_disk = json.loads((ROOT / "workflow" / "schemas" / "params.schema.json").read_text())
-    assert on_disk == json.loads(json.dumps(config.json_schema()))
+    expected = json.loads(json.dumps(config.json_schema()))
+    assert on_disk == expected, "regenerate: mldiff schema --out workflow/schemas/params.schema.json"
 
 
 BAD = [

@@ -97,9 +97,10 @@ class SourceDims(Section):
 
 
 class SourceTime(Section):
-    """Which snapshot of a file with a time axis: by ``index`` or by ``value`` (not both)."""
+    """Which snapshot of a file with a time axis (``dim``, default ``time``): by ``index`` or
+    by ``value`` (not both)."""
 
-    dim: str
+    dim: str | None = None
     index: int | None = None
     value: float | None = None
 
@@ -315,7 +316,15 @@ class Params(Section):
 
     @model_validator(mode="after")
     def _consistent(self) -> Params:
-        if self.data.source is None:
+        source = self.data.source
+        if source is not None:
+            absent = [s for s in self.store.species if s not in source.variables]
+            if absent:
+                raise ValueError(
+                    f"store.species: {absent} are not among data.source.variables "
+                    f"{source.variables}"
+                )
+        else:
             finest = self.store.levels[-1]
             if finest > self.pde.n:
                 raise ValueError(

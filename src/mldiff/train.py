@@ -263,9 +263,10 @@ def train_run(
             t = process.sample_time(len(x0), generator, x0.dtype)
             with autocast:
                 loss = process.loss(net, x0, t, generator).mean()
-            if not torch.isfinite(loss):
+            value = loss.item()
+            if not math.isfinite(value):
                 raise MldiffError(
-                    f"train {run}: loss is {float(loss)} at step {state['step']} (level {n}); "
+                    f"train {run}: loss is {value} at step {state['step']} (level {n}); "
                     f"lower train.lr or enable train.grad_clip; last good checkpoint {checkpoint}"
                 )
             optimizer.zero_grad(set_to_none=True)
@@ -278,9 +279,9 @@ def train_run(
             state["samples"] += len(x0)
             state["flops"] += flops_per_sample[n] * len(x0)
             state["elapsed"] += time.perf_counter() - tic
-            state["history"].append([state["step"], n, scheduler.get_last_lr()[0], float(loss)])
+            state["history"].append([state["step"], n, scheduler.get_last_lr()[0], value])
             bar.update()
-            bar.set_postfix(level=n, loss=f"{float(loss):.4f}")
+            bar.set_postfix(level=n, loss=f"{value:.4f}")
             last = state["step"] == total_steps
             if state["step"] % cfg.validate_every == 0 or last or state["step"] == end_of_stage:
                 losses = validation_losses(
