@@ -301,7 +301,7 @@ class Params(Section):
     diffusion: ProcessParams = Field(default_factory=ProcessParams)
     priors: Annotated[dict[str, PriorSpec], Field(min_length=1)] = Field(
         default_factory=lambda: {
-            "matern": PriorSpec(name="matern", params={"gamma": 1.1}),
+            "matern": PriorSpec(name="matern", params={"gamma": 1.5}),
             "white": PriorSpec(name="white"),
         }
     )

@@ -16,6 +16,7 @@ Hermitian weights of the real FFT accounted for by :func:`mode_weights`.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Literal
 
@@ -55,13 +56,38 @@ def _idct_last(c: torch.Tensor) -> torch.Tensor:
     return out
 
 
+# Up to this size the DCT is two small matrix products (faster than the FFT route there).
+MATMUL_DCT_MAX = 128
+
+
+@functools.lru_cache(maxsize=32)
+def _dct_matrix(n: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """Orthonormal DCT-II matrix ``C[k, j] = s_k cos(π k (2j + 1) / 2n)`` (``C Cᵀ = I``)."""
+    k = torch.arange(n, dtype=torch.float64)[:, None]
+    j = torch.arange(n, dtype=torch.float64)[None, :]
+    c = torch.cos(math.pi * k * (2 * j + 1) / (2 * n)) * math.sqrt(2.0 / n)
+    c[0] /= math.sqrt(2.0)
+    return c.to(dtype=dtype, device=device)
+
+
 def dct2(x: torch.Tensor) -> torch.Tensor:
-    """Orthonormal 2D DCT-II over the last two axes: ``(..., n, n) -> (..., n, n)``."""
+    """Orthonormal 2D DCT-II over the last two axes: ``(..., n, n) -> (..., n, n)``.
+
+    ``C x Cᵀ`` with the DCT matrix for ``n <= MATMUL_DCT_MAX``, else one FFT per axis.
+    """
+    n = x.shape[-1]
+    if n <= MATMUL_DCT_MAX and x.shape[-2] == n:
+        c = _dct_matrix(n, x.dtype, x.device)
+        return c @ x @ c.T
     return _dct_last(_dct_last(x).transpose(-1, -2)).transpose(-1, -2)
 
 
 def idct2(c: torch.Tensor) -> torch.Tensor:
-    """Inverse of :func:`dct2` (orthonormal 2D DCT-III)."""
+    """Inverse of :func:`dct2` (orthonormal 2D DCT-III): ``Cᵀ c C``."""
+    n = c.shape[-1]
+    if n <= MATMUL_DCT_MAX and c.shape[-2] == n:
+        m = _dct_matrix(n, c.dtype, c.device)
+        return m.T @ c @ m
     return _idct_last(_idct_last(c).transpose(-1, -2)).transpose(-1, -2)
 
 
