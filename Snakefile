@@ -15,6 +15,7 @@ include: "workflow/rules/simulate.smk"
 include: "workflow/rules/store.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/sample.smk"
+include: "workflow/rules/evaluate.smk"
 
 
 rule all:

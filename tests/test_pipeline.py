@@ -70,12 +70,20 @@ def test_snakemake_and_dvc_build_the_same_outputs(project, tmp_path):
     assert "Nothing to be done" in run(["snakemake", "--cores", "2"], project)
 
 
-def test_changing_a_store_parameter_reruns_only_the_store(project):
+def test_changing_a_parameter_reruns_exactly_the_dependent_steps(project):
     run(["dvc", "repro"], project)
+    run(["snakemake", "--cores", "2"], project)
     params = yaml.safe_load((project / "params.yaml").read_text())
-    params["store"]["method"] = "spectral"
+    params["sample"]["steps"] += 1
     (project / "params.yaml").write_text(yaml.safe_dump(params))
 
+    n_samples = len(params["train"]["runs"]) * len(params["sample"]["resolutions"])
+    plan = run(["snakemake", "--cores", "2", "--dry-run", "--quiet", "rules"], project)
+    planned = {line.split()[0]: int(line.split()[1]) for line in plan.splitlines()
+               if len(line.split()) == 2 and line.split()[1].isdigit()}
+    assert planned.get("sample") == n_samples
+    assert not {"simulate", "store", "train"} & set(planned)
+
     stages = dvc_stages_run(run(["dvc", "repro"], project))
-    assert stages and all(s.startswith("store@") for s in stages)
-    assert len(stages) == len(params["store"]["levels"])
+    assert sorted(s.split("@")[0] for s in stages if s.startswith("sample")) == ["sample"] * n_samples
+    assert not [s for s in stages if s.split("@")[0] in {"simulate", "store", "train"}]

@@ -124,6 +124,23 @@ def cmd_sample(args: argparse.Namespace) -> None:
     log.info("wrote %s", args.out)
 
 
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    """Compare every run's samples with held-out data at every resolution (+ reference rows)."""
+    from mldiff.evaluate import evaluate
+
+    params = config.load_params(args.params)
+    evaluate(params, args.store, args.samples, args.models, args.out)
+    log.info("wrote results to %s", args.out)
+
+
+def cmd_report(args: argparse.Namespace) -> None:
+    """Write the self-contained HTML report from the evaluation results."""
+    from mldiff.evaluate import write_report
+
+    write_report(config.load_params(args.params), args.results, args.out)
+    log.info("wrote %s", args.out)
+
+
 def cmd_schema(args: argparse.Namespace) -> None:
     """Write the JSON schema of params.yaml (used by Snakemake's ``validate``)."""
     import json
@@ -179,6 +196,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resolution", required=True, type=int, help="output grid size n")
     p.add_argument("--out", required=True, type=Path, help="samples (NetCDF)")
     p.set_defaults(func=cmd_sample)
+
+    p = sub.add_parser("evaluate", help=cmd_evaluate.__doc__)
+    _params_arg(p)
+    p.add_argument("--store", required=True, type=Path, help="folder of level_<n>.nc files")
+    p.add_argument("--samples", required=True, type=Path, help="folder of <run>/n<res>.nc")
+    p.add_argument("--models", required=True, type=Path, help="folder of <run>/train.json")
+    p.add_argument("--out", required=True, type=Path, help="results folder")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("report", help=cmd_report.__doc__)
+    _params_arg(p)
+    p.add_argument("--results", required=True, type=Path, help="folder written by evaluate")
+    p.add_argument("--out", required=True, type=Path, help="HTML report")
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("schema", help=cmd_schema.__doc__)
     p.add_argument("--out", required=True, type=Path)

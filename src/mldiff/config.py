@@ -291,6 +291,14 @@ class SampleParams(Section):
         return resolutions
 
 
+class EvaluateParams(Section):
+    """Cross-resolution evaluation: bootstrap size, seed, and how many fields figures show."""
+
+    n_boot: Annotated[int, Field(ge=0)] = 200
+    seed: Annotated[int, Field(ge=0)] = 0
+    samples_shown: Annotated[int, Field(ge=1, le=16)] = 4
+
+
 class Params(Section):
     """All of ``params.yaml``."""
 
@@ -313,6 +321,7 @@ class Params(Section):
     )
     train: TrainParams = Field(default_factory=TrainParams)
     sample: SampleParams = Field(default_factory=SampleParams)
+    evaluate: EvaluateParams = Field(default_factory=EvaluateParams)
 
     @model_validator(mode="after")
     def _consistent(self) -> Params:
@@ -472,6 +481,9 @@ STEP_PARAMS: dict[str, tuple[str, ...]] = {
     "store": ("store",),
     "train": ("diffusion", "priors", "networks", "train"),
     "sample": ("sample",),
+    "evaluate": ("store", "priors", "train", "sample", "evaluate"),
+    "report": ("pde", "data", "store", "diffusion", "priors", "networks", "train", "sample",
+               "evaluate"),
 }
 
 

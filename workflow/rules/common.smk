@@ -18,7 +18,10 @@ STORE = "data/store"
 LEVEL = STORE + "/level_{n}.nc"
 MODELS = "data/models"
 MODEL = MODELS + "/{run}/model.pt"
-SAMPLES = "data/samples/{run}/n{n}.nc"
+SAMPLES_DIR = "data/samples"
+SAMPLES = SAMPLES_DIR + "/{run}/n{n}.nc"
+RESULTS = "data/results"
+REPORT = RESULTS + "/report.html"
 LOGS = "data/logs"
 BENCH = "data/benchmarks"
 
@@ -38,7 +41,7 @@ def sample_files():
 
 
 def all_outputs():
-    return level_files() + model_files() + sample_files()
+    return [REPORT]
 
 
 wildcard_constraints:
