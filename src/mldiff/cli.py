@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -92,6 +94,9 @@ def cmd_train(args: argparse.Namespace) -> None:
     from mldiff.train import train_run
 
     params = config.load_params(args.params)
+    if params.train.processes > 1 and "LOCAL_RANK" not in os.environ:
+        _relaunch_with_torchrun(params.train.processes, args.argv)
+        return
     summary = train_run(
         params,
         args.run,
@@ -101,6 +106,25 @@ def cmd_train(args: argparse.Namespace) -> None:
         resume=args.resume,
     )
     log.info("trained %s: %s", args.run, summary)
+
+
+def _relaunch_with_torchrun(processes: int, argv: list[str]) -> None:
+    """Run this same command as ``processes`` data-parallel ranks (torchrun's launcher, called
+    as a library: its command line would misread our ``--run`` as its ``--run-path``)."""
+    import uuid
+
+    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
+    config_ = LaunchConfig(
+        min_nodes=1, max_nodes=1, nproc_per_node=processes, run_id=uuid.uuid4().hex,
+        rdzv_backend="c10d", rdzv_endpoint="localhost:0", max_restarts=0,
+    )
+    log.info("launching %d data-parallel processes", processes)
+    try:
+        elastic_launch(config_, sys.executable)("-m", "mldiff.cli", *argv)
+    except Exception as exc:  # noqa: BLE001 - ChildFailedError carries the ranks' exit codes
+        raise MldiffError(f"train: a data-parallel rank failed ({type(exc).__name__}); "
+                          "see the ranks' errors above") from None
 
 
 def cmd_sample(args: argparse.Namespace) -> None:
@@ -223,7 +247,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

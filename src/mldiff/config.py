@@ -248,6 +248,7 @@ class TrainParams(Section):
     validation_times: PosInt = 8
     bf16: bool = False
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    processes: Annotated[int, Field(ge=1, le=64)] = 1
     seed: Annotated[int, Field(ge=0)] = 0
     runs: Annotated[dict[str, RunSpec], Field(min_length=1)] = Field(
         default_factory=lambda: {
@@ -347,6 +348,11 @@ class Params(Section):
                     f"store.time: {self.store.time} is not one of the saved pde.times "
                     f"{self.pde.times}"
                 )
+        if self.train.batch_size % self.train.processes:
+            raise ValueError(
+                f"train.batch_size: {self.train.batch_size} is not divisible by "
+                f"train.processes = {self.train.processes}"
+            )
         for name, run in self.train.runs.items():
             self._check_run(name, run)
         return self

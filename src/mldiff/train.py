@@ -22,11 +22,14 @@ only an interrupted run is ever resumed.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
+import os
+import signal
 import time
-from collections.abc import Callable
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,6 +47,81 @@ from mldiff.models import build_model, count_parameters, estimate_flops
 log = logging.getLogger(__name__)
 
 CHECKPOINT_FORMAT = 1
+
+
+class Distributed:
+    """Data-parallel context from ``torchrun``'s environment (single process without it).
+
+    Every rank draws the same global batch (indices, times, noise) from one seeded generator
+    and computes the loss on its contiguous shard; DDP averages the gradients, so training
+    equals single-process training with the same global batch up to summation order.
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.device = device
+        if self.world > 1 and not torch.distributed.is_initialized():
+            if device.type == "cuda":
+                local = int(os.environ.get("LOCAL_RANK", "0"))
+                self.device = torch.device("cuda", local)
+                torch.cuda.set_device(self.device)
+            backend = "nccl" if self.device.type == "cuda" else "gloo"
+            torch.distributed.init_process_group(backend)
+
+    @property
+    def writer(self) -> bool:
+        """Only rank 0 writes checkpoints and outputs."""
+        return self.rank == 0
+
+    def shard(self, batch: int) -> slice:
+        if batch % self.world:
+            raise MldiffError(
+                f"train.batch_size: {batch} is not divisible by the {self.world} processes"
+            )
+        size = batch // self.world
+        return slice(self.rank * size, (self.rank + 1) * size)
+
+    def wrap(self, net: torch.nn.Module) -> torch.nn.Module:
+        if self.world == 1:
+            return net
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        return torch.nn.parallel.DistributedDataParallel(net, device_ids=ids)
+
+    def any(self, flag: bool) -> bool:
+        """Whether ``flag`` is set on any rank (a collective: every rank must call it)."""
+        if self.world == 1:
+            return flag
+        value = torch.tensor([float(flag)], device=self.device)
+        torch.distributed.all_reduce(value)
+        return bool(value.item() > 0)
+
+    def close(self) -> None:
+        if self.world > 1 and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
+
+class Preempted(MldiffError):
+    """SIGTERM (as SLURM sends before preemption) arrived: checkpoint saved, exit to resume."""
+
+
+@contextlib.contextmanager
+def sigterm_flag() -> Iterator[list[bool]]:
+    """Catch SIGTERM during training; the loop checkpoints and stops at the next step."""
+    flag = [False]
+
+    def handler(signum: int, frame: object) -> None:
+        flag[0] = True
+
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread: leave signals alone
+        yield flag
+        return
+    try:
+        yield flag
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def pick_device(name: str) -> torch.device:
@@ -181,6 +259,136 @@ def _checkpoint_key(spec: dict[str, Any], train: dict[str, Any]) -> str:
     return json.dumps({"spec": spec, "train": relevant}, sort_keys=True)
 
 
+class Trainer:
+    """State of one run's training: network, EMA, optimizer, scheduler, generator, counters."""
+
+    def __init__(self, params: Params, run: str, data: Data, checkpoint: Path) -> None:
+        self.cfg = cfg = params.train
+        self.run, self.data, self.checkpoint = run, data, checkpoint
+        self.spec = run_spec(params, run)
+        self.key = _checkpoint_key(self.spec, cfg.model_dump(mode="json"))
+        self.dist = Distributed(pick_device(cfg.device))
+        device = self.device = self.dist.device
+        self.schedule = [(int(n), int(s)) for n, s in self.spec["schedule"]]
+        self.geometry = {**data.geometry, "resolution": self.schedule[0][0]}
+        self.net, self.process = build_components(self.spec, self.geometry)
+        self.net.to(device)
+        self.ema = build_components(self.spec, self.geometry)[0].to(device)
+        self.ema.load_state_dict(self.net.state_dict())
+        self.ema.requires_grad_(False)
+        self.model = self.dist.wrap(self.net)
+        self.total_steps = sum(s for _, s in self.schedule)
+        self.optimizer = torch.optim.AdamW(
+            self.net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay
+        )
+        total = self.total_steps
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer,
+            lambda step: lr_factor(step, total, cfg.warmup_steps, cfg.min_lr_ratio),
+        )
+        self.generator = torch.Generator(device=device).manual_seed(cfg.seed)
+        self.state: dict[str, Any] = {
+            "step": 0, "history": [], "validation": [], "elapsed": 0.0, "samples": 0,
+            "flops": 0.0,
+        }
+        self.autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16)
+        self.flops = {n: 3.0 * estimate_flops(self.net, n) for n, _ in self.schedule}
+
+    def resume(self) -> None:
+        """Load the checkpoint if it was made with the same params (else start afresh)."""
+        if not self.checkpoint.exists():
+            return
+        saved = load_checkpoint(self.checkpoint)
+        if saved["key"] != self.key:
+            log.warning("%s: made with other params; starting %s afresh", self.checkpoint, self.run)
+            return
+        self.net.load_state_dict(saved["model"])
+        self.ema.load_state_dict(saved["ema"])
+        self.optimizer.load_state_dict(saved["optimizer"])
+        self.scheduler.load_state_dict(saved["scheduler"])
+        self.generator.set_state(saved["generator"])
+        self.state = json.loads(saved["state"])
+        log.info("resumed %s at step %d from %s", self.run, self.state["step"], self.checkpoint)
+
+    def save(self) -> None:
+        if not self.dist.writer:
+            return
+        save_checkpoint(self.checkpoint, {
+            "format": CHECKPOINT_FORMAT,
+            "key": self.key,
+            "model": self.net.state_dict(),
+            "ema": self.ema.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "generator": self.generator.get_state(),
+            "state": json.dumps(self.state),
+        })
+
+    def step(self, x_train: torch.Tensor, n: int) -> None:
+        """One optimizer step on a global batch drawn from ``x_train`` (level ``n``)."""
+        cfg, g, state = self.cfg, self.generator, self.state
+        tic = time.perf_counter()
+        index = torch.randperm(len(x_train), generator=g, device=self.device)
+        x0 = x_train[index[: cfg.batch_size]]
+        t = self.process.sample_time(len(x0), g, x0.dtype)
+        with self.autocast:
+            loss = self.process.loss(self.model, x0, t, g, self.dist.shard(len(x0))).mean()
+        value = loss.item()
+        if not math.isfinite(value):
+            raise MldiffError(
+                f"train {self.run}: loss is {value} at step {state['step']} (level {n}); lower "
+                f"train.lr or train.grad_clip; last good checkpoint {self.checkpoint}"
+            )
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.net.parameters(), cfg.grad_clip)
+        self.optimizer.step()
+        self.scheduler.step()
+        _ema_update(self.ema, self.net, cfg.ema_decay)
+        state["step"] += 1
+        state["samples"] += len(x0)
+        state["flops"] += self.flops[n] * len(x0)
+        state["elapsed"] += time.perf_counter() - tic
+        state["history"].append([state["step"], n, self.scheduler.get_last_lr()[0], value])
+
+    def validate(self, n: int) -> None:
+        losses = validation_losses(
+            self.ema, self.process, self.data, self.cfg.validation_times, self.cfg.seed + 1,
+            self.device,
+        )
+        self.state["validation"].append({
+            "step": self.state["step"], "level": n, "elapsed": self.state["elapsed"],
+            **{str(k): v for k, v in losses.items()},
+        })
+
+    def fit(self, progress: bool, stop_after: int | None) -> bool:
+        """Run the schedule from the current step; False if stopped early (checkpoint saved).
+
+        Stops early after ``stop_after`` total steps (tests) or on SIGTERM (preemption).
+        """
+        cfg, state = self.cfg, self.state
+        bar = tqdm(total=self.total_steps, initial=state["step"], desc=self.run,
+                   disable=not progress or not self.dist.writer)
+        end = 0
+        with sigterm_flag() as terminated, bar:
+            for n, steps in self.schedule:
+                end += steps
+                x_train = self.data.train[n].to(self.device)
+                while state["step"] < end:
+                    if self.dist.any(terminated[0]) or state["step"] == stop_after:
+                        self.save()
+                        return False
+                    self.step(x_train, n)
+                    bar.update()
+                    bar.set_postfix(level=n, loss=f"{state['history'][-1][-1]:.4f}")
+                    step, last = state["step"], state["step"] == self.total_steps
+                    if step % cfg.validate_every == 0 or step == end or last:
+                        self.validate(n)
+                    if step % cfg.checkpoint_every == 0 or step == end:
+                        self.save()
+        return True
+
+
 def train_run(
     params: Params,
     run: str,
@@ -192,125 +400,37 @@ def train_run(
     stop_after: int | None = None,
 ) -> dict[str, Any]:
     """Train run ``run`` and write ``out`` (EMA weights + spec), ``loss.csv``,
-    ``validation.csv`` and ``train.json`` beside it. Returns the summary of ``train.json``.
+    ``validation.csv`` and ``train.json`` beside it; return the summary of ``train.json``.
 
     ``level_paths`` maps every store level to its file (validation uses all of them).
-    ``stop_after`` ends after that many total steps with only a checkpoint written (tests).
+    With ``resume``, a checkpoint made with the same params is continued. ``stop_after``
+    stops after that many total steps with only a checkpoint written (returns ``{}``); SIGTERM
+    stops the same way and raises :class:`Preempted`.
     """
-    cfg = params.train
-    spec = run_spec(params, run)
-    key = _checkpoint_key(spec, cfg.model_dump(mode="json"))
-    device = pick_device(cfg.device)
-    data = Data.load(level_paths)
-    schedule = [(int(n), int(s)) for n, s in spec["schedule"]]
-    geometry = {**data.geometry, "resolution": schedule[0][0]}
-    torch.manual_seed(cfg.seed)
-    net, process = build_components(spec, geometry)
-    net.to(device)
-    ema = build_components(spec, geometry)[0].to(device)
-    ema.load_state_dict(net.state_dict())
-    ema.requires_grad_(False)
-    total_steps = sum(s for _, s in schedule)
-    optimizer = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    factor: Callable[[int], float] = lambda step: lr_factor(  # noqa: E731
-        step, total_steps, cfg.warmup_steps, cfg.min_lr_ratio
-    )
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-    generator = torch.Generator(device=device).manual_seed(cfg.seed)
-    state: dict[str, Any] = {"step": 0, "history": [], "validation": [], "elapsed": 0.0,
-                             "samples": 0, "flops": 0.0}
-
-    if resume and checkpoint.exists():
-        saved = load_checkpoint(checkpoint)
-        if saved["key"] != key:
-            log.warning("%s: made with other params; starting %s from scratch", checkpoint, run)
-        else:
-            net.load_state_dict(saved["model"])
-            ema.load_state_dict(saved["ema"])
-            optimizer.load_state_dict(saved["optimizer"])
-            scheduler.load_state_dict(saved["scheduler"])
-            generator.set_state(saved["generator"].to(generator.get_state().device))
-            state = json.loads(saved["state"])
-            log.info("resumed %s at step %d from %s", run, state["step"], checkpoint)
-
-    def save() -> None:
-        save_checkpoint(checkpoint, {
-            "format": CHECKPOINT_FORMAT,
-            "key": key,
-            "model": net.state_dict(),
-            "ema": ema.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "generator": generator.get_state(),
-            "state": json.dumps(state),
-        })
-
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16)
-    flops_per_sample = {n: 3.0 * estimate_flops(net, n) for n, _ in schedule}
-    bar = tqdm(total=total_steps, initial=state["step"], desc=run, disable=not progress)
-    start_of_stage = 0
-    for n, steps in schedule:
-        end_of_stage = start_of_stage + steps
-        x_train = data.train[n].to(device)
-        while state["step"] < end_of_stage:
-            if stop_after is not None and state["step"] >= stop_after:
-                save()
-                bar.close()
+    torch.manual_seed(params.train.seed)
+    trainer = Trainer(params, run, Data.load(level_paths), checkpoint)
+    try:
+        if resume:
+            trainer.resume()
+        if not trainer.fit(progress, stop_after):
+            if stop_after is not None and trainer.state["step"] == stop_after:
                 return {}
-            tic = time.perf_counter()
-            index = torch.randperm(len(x_train), generator=generator, device=device)
-            x0 = x_train[index[: cfg.batch_size]]
-            t = process.sample_time(len(x0), generator, x0.dtype)
-            with autocast:
-                loss = process.loss(net, x0, t, generator).mean()
-            value = loss.item()
-            if not math.isfinite(value):
-                raise MldiffError(
-                    f"train {run}: loss is {value} at step {state['step']} (level {n}); "
-                    f"lower train.lr or enable train.grad_clip; last good checkpoint {checkpoint}"
-                )
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
-            optimizer.step()
-            scheduler.step()
-            _ema_update(ema, net, cfg.ema_decay)
-            state["step"] += 1
-            state["samples"] += len(x0)
-            state["flops"] += flops_per_sample[n] * len(x0)
-            state["elapsed"] += time.perf_counter() - tic
-            state["history"].append([state["step"], n, scheduler.get_last_lr()[0], value])
-            bar.update()
-            bar.set_postfix(level=n, loss=f"{value:.4f}")
-            last = state["step"] == total_steps
-            if state["step"] % cfg.validate_every == 0 or last or state["step"] == end_of_stage:
-                losses = validation_losses(
-                    ema, process, data, cfg.validation_times, cfg.seed + 1, device
-                )
-                state["validation"].append(
-                    {"step": state["step"], "level": n, "elapsed": state["elapsed"],
-                     **{str(k): v for k, v in losses.items()}}
-                )
-            if state["step"] % cfg.checkpoint_every == 0 or state["step"] == end_of_stage:
-                save()
-        start_of_stage = end_of_stage
-    bar.close()
-    summary = _write_outputs(out, run, spec, geometry, data, ema, state, net)
-    checkpoint.unlink(missing_ok=True)  # only interrupted runs leave one to resume from
-    return summary
+            raise Preempted(
+                f"train {run}: SIGTERM at step {trainer.state['step']}; checkpoint saved to "
+                f"{checkpoint}, rerun with --resume to continue"
+            )
+        if not trainer.dist.writer:
+            return {}
+        summary = _write_outputs(out, trainer)
+        checkpoint.unlink(missing_ok=True)  # only interrupted runs leave one to resume from
+        return summary
+    finally:
+        trainer.dist.close()
 
 
-def _write_outputs(
-    out: Path,
-    run: str,
-    spec: dict[str, Any],
-    geometry: dict[str, Any],
-    data: Data,
-    ema: torch.nn.Module,
-    state: dict[str, Any],
-    net: torch.nn.Module,
-) -> dict[str, Any]:
+def _write_outputs(out: Path, trainer: Trainer) -> dict[str, Any]:
     """The trained model, its loss curves (CSV for ``dvc plots``) and compute summary."""
+    run, spec, data, state = trainer.run, trainer.spec, trainer.data, trainer.state
     levels = sorted(data.validation)
     final = state["validation"][-1]
     summary = {
@@ -320,16 +440,17 @@ def _write_outputs(
         "samples_seen": state["samples"],
         "estimated_flops": state["flops"],
         "wall_time_s": round(state["elapsed"], 3),
-        "parameters": count_parameters(net),
+        "parameters": count_parameters(trainer.net),
+        "processes": trainer.dist.world,
         "final_validation_loss": {k: final[k] for k in map(str, levels) if k in final},
     }
     model = {
         "format": CHECKPOINT_FORMAT,
         "spec": json.dumps(spec),
-        "geometry": json.dumps(geometry),
+        "geometry": json.dumps(trainer.geometry),
         "stats": json.dumps(data.stats),
         "summary": json.dumps(summary),
-        "ema": ema.state_dict(),
+        "ema": trainer.ema.state_dict(),
     }
     save_checkpoint(out, model)
     rows = ["step,level,lr,train_loss"] + [

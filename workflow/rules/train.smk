@@ -16,7 +16,7 @@ rule train:
         f"{BENCH}/train_{{run}}.tsv"
     threads: 2
     resources:
-        gpu=1,
+        gpu=PARAMS.train.processes,
         mem_mb=8000,
         runtime=240,
     shell:

@@ -66,12 +66,21 @@ class ForwardProcess(ABC):
         """Draw ``y_t ~ p(y_t | x0)`` from the exact transition; return ``(y_t, target)``."""
 
     def loss(
-        self, net: Net, x0: torch.Tensor, t: torch.Tensor, generator: torch.Generator
+        self,
+        net: Net,
+        x0: torch.Tensor,
+        t: torch.Tensor,
+        generator: torch.Generator,
+        shard: slice = slice(None),
     ) -> torch.Tensor:
-        """Denoising score matching per sample, ``(B,)``: ``mean ‖net(y_t, t) − target‖²`` over
-        channels and grid points (an L² norm, comparable across grids)."""
+        """Denoising score matching per sample of ``x0[shard]``: ``mean ‖net(y_t, t) − target‖²``
+        over channels and grid points (an L² norm, comparable across grids).
+
+        The transition noise is drawn for the whole batch and then sharded, so data-parallel
+        ranks that share a generator together reproduce single-process training.
+        """
         y_t, target = self.perturb(x0, t, generator)
-        return (net(y_t, t) - target).square().flatten(1).mean(1)
+        return (net(y_t[shard], t[shard]) - target[shard]).square().flatten(1).mean(1)
 
     def sample_time(
         self, batch: int, generator: torch.Generator, dtype: torch.dtype = torch.float32
