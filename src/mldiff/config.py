@@ -169,16 +169,21 @@ class ProcessParams(Section):
     beta_min: PosFloat = 0.1
     beta_max: PosFloat = 20.0
     t_min: Annotated[float, Field(gt=0, lt=0.5)] = 1e-3
+    options: dict[str, Any] = {}
 
     @model_validator(mode="after")
     def _known(self) -> ProcessParams:
-        from mldiff.diffusion import PROCESSES
+        from mldiff.diffusion import build_prior, build_process
 
-        if self.process not in PROCESSES:
-            raise ValueError(f"process: expected one of {sorted(PROCESSES)}, got {self.process!r}")
         if self.beta_max < self.beta_min:
             raise ValueError(f"beta_max ({self.beta_max}) must be >= beta_min ({self.beta_min})")
+        build_process(self.process, build_prior("white"), "periodic", **self.kwargs())
         return self
+
+    def kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of ``build_process`` besides the name, prior and boundary."""
+        return {"beta_min": self.beta_min, "beta_max": self.beta_max, "t_min": self.t_min,
+                **self.options}
 
 
 class PriorSpec(Section):

@@ -88,6 +88,15 @@ class Distributed:
         ids = [self.device.index] if self.device.type == "cuda" else None
         return torch.nn.parallel.DistributedDataParallel(net, device_ids=ids)
 
+    def average_gradients(self, module: torch.nn.Module | None) -> None:
+        """Average the gradients of a module that DDP does not wrap (a learned process)."""
+        if self.world == 1 or module is None:
+            return
+        for p in module.parameters():
+            if p.grad is not None:
+                torch.distributed.all_reduce(p.grad)
+                p.grad /= self.world
+
     def any(self, flag: bool) -> bool:
         """Whether ``flag`` is set on any rank (a collective: every rank must call it)."""
         if self.world == 1:
@@ -159,6 +168,7 @@ def build_components(
     prior = build_prior(spec["prior"]["name"], length=level["length"], **spec["prior"]["params"])
     process_params = dict(spec["process"])
     name = process_params.pop("process")
+    process_params.update(process_params.pop("options", {}))
     process = build_process(name, prior, level["boundary"], **process_params)
     hyper = dict(spec["network"]["params"])
     hyper.update(boundary=level["boundary"], origin=level["origin"], length=level["length"])
@@ -273,13 +283,17 @@ class Trainer:
         self.geometry = {**data.geometry, "resolution": self.schedule[0][0]}
         self.net, self.process = build_components(self.spec, self.geometry)
         self.net.to(device)
+        # A process with parameters (a learned diffusion) is trained jointly with the network.
+        self.learned = self.process if isinstance(self.process, torch.nn.Module) else None
+        if self.learned is not None:
+            self.learned.to(device)
         self.ema = build_components(self.spec, self.geometry)[0].to(device)
         self.ema.load_state_dict(self.net.state_dict())
         self.ema.requires_grad_(False)
         self.model = self.dist.wrap(self.net)
         self.total_steps = sum(s for _, s in self.schedule)
         self.optimizer = torch.optim.AdamW(
-            self.net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay
+            self.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay
         )
         total = self.total_steps
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -294,6 +308,14 @@ class Trainer:
         self.autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16)
         self.flops = {n: 3.0 * estimate_flops(self.net, n) for n, _ in self.schedule}
 
+    def parameters(self) -> list[torch.nn.Parameter]:
+        """What the optimizer trains: the network's and a learned process's parameters."""
+        extra = list(self.learned.parameters()) if self.learned is not None else []
+        return list(self.net.parameters()) + extra
+
+    def process_state(self) -> dict[str, torch.Tensor]:
+        return self.learned.state_dict() if self.learned is not None else {}
+
     def resume(self) -> None:
         """Load the checkpoint if it was made with the same params (else start afresh)."""
         if not self.checkpoint.exists():
@@ -304,6 +326,8 @@ class Trainer:
             return
         self.net.load_state_dict(saved["model"])
         self.ema.load_state_dict(saved["ema"])
+        if self.learned is not None:
+            self.learned.load_state_dict(saved["process"])
         self.optimizer.load_state_dict(saved["optimizer"])
         self.scheduler.load_state_dict(saved["scheduler"])
         self.generator.set_state(saved["generator"])
@@ -318,6 +342,7 @@ class Trainer:
             "key": self.key,
             "model": self.net.state_dict(),
             "ema": self.ema.state_dict(),
+            "process": self.process_state(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "generator": self.generator.get_state(),
@@ -341,7 +366,8 @@ class Trainer:
             )
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.net.parameters(), cfg.grad_clip)
+        self.dist.average_gradients(self.learned)
+        torch.nn.utils.clip_grad_norm_(self.parameters(), cfg.grad_clip)
         self.optimizer.step()
         self.scheduler.step()
         _ema_update(self.ema, self.net, cfg.ema_decay)
@@ -451,6 +477,7 @@ def _write_outputs(out: Path, trainer: Trainer) -> dict[str, Any]:
         "stats": json.dumps(data.stats),
         "summary": json.dumps(summary),
         "ema": trainer.ema.state_dict(),
+        "process": trainer.process_state(),
     }
     save_checkpoint(out, model)
     rows = ["step,level,lr,train_loss"] + [
@@ -501,6 +528,9 @@ def load_model(path: Path, device: torch.device) -> tuple[torch.nn.Module, Forwa
     net, process = build_components(info["spec"], info["geometry"])
     try:
         net.load_state_dict(obj["ema"])
-    except RuntimeError as exc:
+        if isinstance(process, torch.nn.Module):
+            process.load_state_dict(obj["process"])
+            process.to(device)
+    except (RuntimeError, KeyError) as exc:
         raise MldiffError(f"{path}: weights do not match its network spec ({exc})") from None
     return net.to(device).eval(), process, info
