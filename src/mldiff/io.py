@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import hashlib
 import json
 import os
 import subprocess
@@ -89,6 +90,8 @@ def write_netcdf(ds: xr.Dataset, path: str | os.PathLike, chunk_dim: str = "samp
     """Write ``ds`` to NetCDF4 atomically, zlib-compressed and chunked one ``chunk_dim`` per chunk.
 
     Data variables with ``chunk_dim`` get chunks of size 1 along it and full size elsewhere.
+    The SHA-256 of the data variables goes into ``attrs["mldiff_sha256"]``;
+    :func:`open_dataset` verifies it.
     """
     encoding = {}
     for name, var in ds.data_vars.items():
@@ -96,9 +99,24 @@ def write_netcdf(ds: xr.Dataset, path: str | os.PathLike, chunk_dim: str = "samp
         if chunk_dim in var.dims:
             enc["chunksizes"] = tuple(1 if d == chunk_dim else ds.sizes[d] for d in var.dims)
         encoding[name] = enc
+    ds = ds.copy()
     ds.attrs.setdefault("Conventions", "CF-1.10")
+    ds.attrs[CHECKSUM_ATTR] = checksum(ds)
     with atomic_path(path) as tmp:
         ds.to_netcdf(tmp, engine="netcdf4", format="NETCDF4", encoding=encoding)
+
+
+CHECKSUM_ATTR = "mldiff_sha256"
+
+
+def checksum(ds: xr.Dataset) -> str:
+    """SHA-256 of every data variable's name, dtype, shape and values (sorted by name)."""
+    digest = hashlib.sha256()
+    for name in sorted(map(str, ds.data_vars)):
+        values = np.ascontiguousarray(ds[name].values)
+        digest.update(f"{name}|{values.dtype.str}|{values.shape}|".encode())
+        digest.update(values.tobytes())
+    return digest.hexdigest()
 
 
 def open_dataset(
@@ -109,8 +127,9 @@ def open_dataset(
 ) -> xr.Dataset:
     """Open and load ``path`` as an xarray Dataset, checking what the caller relies on.
 
-    Raises :class:`MldiffError` naming the file when it is missing, unreadable, lacks one of
-    ``variables`` or ``dims``, or holds non-finite values in ``variables``.
+    Raises :class:`MldiffError` naming the file when it is missing, unreadable, fails the
+    checksum recorded by :func:`write_netcdf`, lacks one of ``variables`` or ``dims``, or
+    holds non-finite values in ``variables``.
     """
     path = Path(path)
     if not path.exists():
@@ -121,6 +140,9 @@ def open_dataset(
     except Exception as exc:  # noqa: BLE001 - any reader failure means the same to the user
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise MldiffError(f"{path}: not a readable NetCDF/HDF5 dataset ({first})") from None
+    recorded = ds.attrs.get(CHECKSUM_ATTR)
+    if recorded is not None and recorded != checksum(ds):
+        raise MldiffError(f"{path}: checksum mismatch (the file was modified or corrupted)")
     missing = [v for v in variables if v not in ds.data_vars]
     if missing:
         raise MldiffError(
