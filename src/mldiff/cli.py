@@ -153,7 +153,8 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     from mldiff.evaluate import evaluate
 
     params = config.load_params(args.params)
-    evaluate(params, args.store, args.samples, args.models, args.out)
+    evaluate(params, args.store, args.samples, args.models, args.out,
+             tolerance=params.evaluate.tolerance)
     log.info("wrote results to %s", args.out)
 
 

@@ -303,6 +303,7 @@ class EvaluateParams(Section):
     n_boot: Annotated[int, Field(ge=0)] = 200
     seed: Annotated[int, Field(ge=0)] = 0
     samples_shown: Annotated[int, Field(ge=1, le=16)] = 4
+    tolerance: Annotated[float, Field(gt=0)] = 1.5
 
 
 class Params(Section):

@@ -4,11 +4,13 @@ rule evaluate:
         level_files(),
         sample_files(),
         expand(f"{MODELS}/{{run}}/train.json", run=PARAMS.train.runs),
+        expand(f"{MODELS}/{{run}}/validation.csv", run=PARAMS.train.runs),
     output:
         metrics=f"{RESULTS}/metrics.json",
         matrix=f"{RESULTS}/matrix.csv",
         spectra=f"{RESULTS}/spectra.csv",
         curves=f"{RESULTS}/metric_vs_resolution.csv",
+        summary=f"{RESULTS}/evaluation.json",
         figures=directory(f"{RESULTS}/figures"),
     params:
         file=PARAMS_FILE,

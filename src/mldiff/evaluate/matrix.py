@@ -1,0 +1,552 @@
+"""The generalization matrix: every run's samples at every resolution against held-out data.
+
+Cells. A run's samples at resolution ``b`` (``<samples>/<run>/n<b>.nc``) are compared with the
+*test* split of the store at ``g = min(b, F)``, ``F`` the finest store level (the
+``compared_at`` column): the level file at ``g``, or, when ``g`` is not a level, the next finer
+level restricted to ``g`` (block averages and spectral truncations compose, so this is the field
+the store would hold at ``g``). Above ``F`` there are no data: the samples are restricted to
+``F`` with the store's value-preserving ``store.method`` (as the store makes its levels) and
+compared there, while their power spectrum is still taken at ``b``.
+
+Units. Fields are compared normalized, ``(u_c − mean_c) / std_c`` with the store's training
+statistics (O(1) scales, one channel per species). Distances use the unit-area L² norm of
+:mod:`mldiff.evaluate.metrics`, so values at different resolutions are comparable.
+
+Band. ``sliced_w2`` and ``spectrum_log_error`` see the modes ``|m⃗| ≤ K`` (shells ``1 … K``),
+``K`` the last shell the coarsest compared grid resolves, the same in every cell, so a row
+measures the same scales at every resolution; ``spectrum_log_error_full`` uses every shell the
+two spectra share (it grows with the grid).
+
+Reference rows, on the same grids under the same rule:
+
+* ``heldout_vs_train``: training fields against test fields (the floor: sampling noise);
+* ``prior_<name>``: draws of ``N(0, Q)`` of each prior a run uses, i.e. an untrained model
+  (the ceiling; in physical units ``mean + std · draw``);
+* ``naive_upsampling_from_<a>``: training fields at each run's finest level ``a``, prolonged
+  spectrally to every ``b > a`` (what a model must beat to claim super-resolution).
+
+Reference sets hold ``sample.n_samples`` fields (fewer if the split is smaller), taken from the
+training split by a seeded permutation. Every comparison gets a fresh ``torch.Generator``
+seeded with ``seed`` (common random numbers: the same projections and bootstrap resamples in
+every cell), so the outputs are deterministic.
+"""
+
+from __future__ import annotations
+
+import csv
+import io as textio
+import json
+import logging
+import math
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from mldiff import io
+from mldiff.config import Params
+from mldiff.datasets import denormalize, normalize, open_level, prolong, restrict
+from mldiff.datasets.source import CANONICAL_DIMS
+from mldiff.diffusion import build_prior
+from mldiff.errors import MldiffError
+from mldiff.evaluate.metrics import compare
+from mldiff.evaluate.spectra import Spectrum, power_spectrum, spectrum_log_error
+
+log = logging.getLogger(__name__)
+
+REFERENCE = "reference"
+FLOOR = "heldout_vs_train"
+HELDOUT = "heldout_test"
+COLUMNS = (
+    "model", "kind", "network", "prior", "schedule", "train_level", "resolution",
+    "compared_at", "resampled_from", "n_samples", "n_reference",
+)
+# The metrics kept in metrics.json (matrix.csv has all of compare's); per-channel ones may
+# carry a ``_c<k>`` suffix.
+MAIN_METRICS = (
+    "energy_distance", "energy_distance_low", "energy_distance_high", "mmd2", "mmd2_low",
+    "mmd2_high", "sliced_w2", "sliced_w2_low", "sliced_w2_high", "spectrum_log_error",
+    "spectrum_log_error_full", "vendi_samples", "value_w1", "wavelength_samples",
+    "wavelength_reference",
+)
+CURVE_COLUMNS = (
+    "model", "kind", "resolution", "compared_at", "energy_distance", "energy_distance_low",
+    "energy_distance_high", "spectrum_log_error",
+)
+SPECTRUM_COLUMNS = ("model", "resolution", "species", "wavenumber", "energy")
+
+
+@dataclass(frozen=True)
+class Store:
+    """Normalized fields ``(N, C, n, n)`` of every store level, by split, and the geometry."""
+
+    fields: dict[str, dict[int, torch.Tensor]]
+    boundary: str
+    length: float
+    species: tuple[str, ...]
+    method: str
+    stats: tuple[tuple[float, ...], tuple[float, ...]]
+
+    @classmethod
+    def load(cls, params: Params, store_dir: Path) -> Store:
+        """The train and test splits of ``store_dir/level_<n>.nc`` for every ``store.levels``."""
+        fields: dict[str, dict[int, torch.Tensor]] = {"train": {}, "test": {}}
+        geometry = None
+        for n in params.store.levels:
+            path = Path(store_dir) / f"level_{n}.nc"
+            ds = open_level(path)
+            if ds.attrs["coarsening"] != params.store.method:
+                raise MldiffError(f"{path}: coarsened by {ds.attrs['coarsening']!r}, but "
+                                  f"store.method is {params.store.method!r}; rebuild the store")
+            here = (
+                str(ds.attrs["boundary"]), float(ds.attrs["length"]),
+                tuple(str(ds.attrs["species"]).split()),
+                (tuple(map(float, ds["norm_mean"].values)),
+                 tuple(map(float, ds["norm_std"].values))),
+            )
+            if geometry is not None and here != geometry:
+                raise MldiffError(f"{path}: geometry or statistics differ from the other levels")
+            geometry = here
+            for split in fields:
+                fields[split][n] = normalize(ds, split)
+                if len(fields[split][n]) < 2:
+                    raise MldiffError(
+                        f"{path}: the {split} split holds {len(fields[split][n])} samples; "
+                        f"evaluation needs at least 2 (store.split.{split})"
+                    )
+        boundary, length, species, stats = geometry
+        return cls(fields, boundary, length, species, params.store.method, stats)
+
+    @property
+    def finest(self) -> int:
+        return max(self.fields["test"])
+
+    def grid(self, n: int) -> int:
+        """Where fields on an ``n × n`` grid are compared: ``min(n, finest level)``."""
+        return min(n, self.finest)
+
+    def at(self, split: str, n: int) -> torch.Tensor:
+        """The split on grid ``grid(n)``: its level, or the next finer level restricted."""
+        g = self.grid(n)
+        level = min(m for m in self.fields[split] if m >= g)
+        return restrict(self.fields[split][level], level // g, self.method, self.boundary)
+
+    def to_grid(self, x: torch.Tensor) -> torch.Tensor:
+        """``x (N, C, n, n)`` restricted to ``grid(n)`` by ``store.method`` (value-preserving)."""
+        n = x.shape[-1]
+        return restrict(x, n // self.grid(n), self.method, self.boundary)
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        """Physical ``(N, C, n, n)`` → ``(x − mean_c) / std_c``."""
+        mean, std = (torch.tensor(v, dtype=x.dtype).reshape(-1, 1, 1) for v in self.stats)
+        return (x - mean) / std
+
+    def physical(self, x: torch.Tensor) -> np.ndarray:
+        """Normalized ``(N, C, n, n)`` → physical units of species 0, ``(N, n, n)``."""
+        return denormalize(x, self.stats)[:, 0].numpy()
+
+
+def resolved_shells(n: int, boundary: str) -> int:
+    """Shells ``0 … r-1`` an ``n × n`` grid holds as full circles (``n/2`` FFT, ``n`` DCT)."""
+    return n // 2 if boundary == "periodic" else n
+
+
+def schedule_label(schedule: Sequence[Sequence[int]]) -> str:
+    """``[[16, 200], [32, 100]]`` → ``"16:200+32:100"``."""
+    return "+".join(f"{level}:{steps}" for level, steps in schedule)
+
+
+class Matrix:
+    """Rows of the generalization matrix, with the spectra and the fields shown in figures.
+
+    :meth:`add` compares a set of fields with the store's test split under the rule of this
+    module and records the row; the test split and its spectrum are prepared once per grid.
+    """
+
+    def __init__(
+        self, store: Store, resolutions: Sequence[int], seed: int, n_boot: int, shown: int
+    ) -> None:
+        self.store, self.seed, self.n_boot, self.n_shown = store, seed, n_boot, shown
+        grids = sorted({store.grid(b) for b in resolutions})
+        self.band = resolved_shells(grids[0], store.boundary) - 1
+        if self.band < 1:
+            raise MldiffError(f"sample.resolutions: a {grids[0]}x{grids[0]} grid resolves no "
+                              "wavenumber shell to compare")
+        self.test = {g: store.at("test", g) for g in grids}
+        self.test_spectra = {g: self.spectrum(x) for g, x in self.test.items()}
+        self.rows: list[dict[str, Any]] = []
+        self.spectra: list[dict[str, Any]] = []
+        self.shown: dict[int, list[tuple[str, np.ndarray]]] = {}
+        for b in resolutions:
+            g = store.grid(b)
+            self.spectra += _spectrum_records(HELDOUT, b, self.test_spectra[g], store.species)
+            self.show(b, f"held-out test ({g}x{g})", self.test[g])
+
+    def spectrum(self, x: torch.Tensor) -> Spectrum:
+        return power_spectrum(x, self.store.length, self.store.boundary)
+
+    def show(self, b: int, label: str, x: torch.Tensor) -> None:
+        """Keep the first fields of ``x`` for the sample grid at resolution ``b`` (if finite)."""
+        first = x[: self.n_shown]
+        if bool(torch.isfinite(first).all()):
+            self.shown.setdefault(b, []).append((label, self.store.physical(first)))
+
+    def colour_scale(self, b: int) -> tuple[float, float]:
+        """1st and 99th percentile of the held-out fields (species 0, physical) at ``grid(b)``."""
+        values = self.store.physical(self.test[self.store.grid(b)])
+        low, high = np.percentile(values, [1, 99])
+        return float(low), float(high)
+
+    def compare(self, x: torch.Tensor) -> tuple[dict[str, float], Spectrum | None]:
+        """Metrics of ``x (N, C, b, b)`` against the test split at ``grid(b)`` and the
+        spectrum of ``x`` at ``b``; ``({}, None)`` when ``x`` holds NaN or inf."""
+        if not bool(torch.isfinite(x).all()):
+            return {}, None
+        g = self.store.grid(x.shape[-1])
+        metrics = compare(
+            self.store.to_grid(x), self.test[g], self.store.length,
+            torch.Generator().manual_seed(self.seed), self.n_boot, self.store.boundary, self.band,
+        )
+        spectrum = self.spectrum(x)
+        reference = self.test_spectra[g]
+        metrics["spectrum_log_error"] = spectrum_log_error(spectrum, reference, self.band)
+        metrics["spectrum_log_error_full"] = spectrum_log_error(spectrum, reference)
+        return metrics, spectrum
+
+    def add(
+        self, row: dict[str, Any], x: torch.Tensor, where: str = "", resolution: int = 0
+    ) -> None:
+        """Compare ``x`` and record ``row`` with its grid, sizes and metrics, as the cell of
+        ``resolution`` (default: the grid of ``x``; the floor row of a resolution above the
+        finest level holds fields at that level)."""
+        b = resolution or x.shape[-1]
+        g = self.store.grid(b)
+        try:
+            metrics, spectrum = self.compare(x)
+        except MldiffError as exc:
+            raise MldiffError(f"{where or row['model']}: {exc}") from None
+        if spectrum is None:
+            log.warning("%s at n=%d: non-finite values; its metrics are left empty",
+                        row["model"], b)
+        else:
+            self.spectra += _spectrum_records(row["model"], b, spectrum, self.store.species)
+        self.rows.append({**row, "resolution": b, "compared_at": g, "n_samples": len(x),
+                          "n_reference": len(self.test[g]), **metrics})
+
+
+def load_samples(path: Path, run: str, n: int, store: Store) -> tuple[torch.Tensor, int]:
+    """Normalized samples ``(N, C, n, n)`` of ``run`` at ``n`` and their ``resampled_from``."""
+    ds = io.open_dataset(path, dims=CANONICAL_DIMS)
+    expected = {"run": run, "resolution": n, "boundary": store.boundary}
+    for key, value in expected.items():
+        if str(ds.attrs.get(key)) != str(value):
+            raise MldiffError(f"{path}: attribute {key!r} is {ds.attrs.get(key)!r}, "
+                              f"expected {value!r}")
+    if (ds.sizes["y"], ds.sizes["x"]) != (n, n):
+        raise MldiffError(f"{path}: grid {ds.sizes['y']}x{ds.sizes['x']}, expected {n}x{n}")
+    missing = [s for s in store.species if s not in ds.data_vars]
+    if missing:
+        raise MldiffError(f"{path}: species {missing} missing; the store has {store.species}")
+    x = np.stack([ds[s].values for s in store.species], axis=1).astype(np.float32)
+    return store.normalize(torch.from_numpy(x)), int(ds.attrs.get("resampled_from", 0))
+
+
+def _subset(x: torch.Tensor, count: int, seed: int) -> torch.Tensor:
+    """``min(count, N)`` fields of ``x`` chosen by a permutation seeded with ``seed``."""
+    index = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
+    return x[index[:count]]
+
+
+def _spectrum_records(model: str, n: int, s: Spectrum, species: Sequence[str]) -> list[dict]:
+    """Rows of ``spectra.csv``: shells ``1 … resolved-1`` of each channel."""
+    return [
+        {"model": model, "resolution": n, "species": name,
+         "wavenumber": float(s.wavenumber[m]), "energy": float(s.energy[c, m])}
+        for c, name in enumerate(species)
+        for m in range(1, s.resolved)
+    ]
+
+
+def _finite(value: Any) -> float | None:
+    return float(value) if value is not None and math.isfinite(float(value)) else None
+
+
+def _value(row: Mapping[str, Any], key: str) -> float | None:
+    value = row.get(key)
+    return _finite(value) if isinstance(value, int | float) else None
+
+
+def verdicts(
+    rows: Sequence[Mapping[str, Any]],
+    tolerance: float = 1.5,
+    factors: Sequence[int] = (2, 4),
+) -> dict[str, dict[str, Any]]:
+    """Whether each model's quality holds at ``f ×`` its finest training level ``a``.
+
+    Rule, with ``E(n)`` the energy distance at ``n`` and ``E⁺(a)`` the upper bootstrap
+    bound at ``a``: quality *holds* at ``b = f a`` iff ``E(b) ≤ max(E⁺(a), tolerance · E(a))``
+    (within the 1x interval, or at most ``tolerance`` times the 1x value) and ``E(b)`` is below
+    the ``naive_upsampling_from_<a>`` row at ``b`` (when there is one). A network whose samples
+    were resampled from its training grid (``resampled_from ≠ 0``) is labelled
+    resolution-bound. ``rows`` are those of ``matrix.csv`` (models and reference rows).
+
+    Returns per model ``{"train_level", "resolution_bound", "checks": {"2x": {...}, …},
+    "sentence"}``; a check's ``holds`` is None when there is nothing to judge.
+    """
+    table = {(r["model"], int(r["resolution"])): r for r in rows}
+    out: dict[str, dict[str, Any]] = {}
+    for name in dict.fromkeys(r["model"] for r in rows if r["kind"] == "model"):
+        mine = [r for r in rows if r["model"] == name]
+        a = int(mine[0]["train_level"])
+        bound = any(int(r.get("resampled_from") or 0) for r in mine)
+        base = table.get((name, a), {})
+        e1 = _value(base, "energy_distance")
+        checks: dict[str, dict[str, Any]] = {}
+        if e1 is None:
+            sentence = f"{name}: no verdict: no finite samples at its finest training level {a}."
+        else:
+            allowed = max(_value(base, "energy_distance_high") or e1, tolerance * e1)
+            parts = []
+            for f in factors:
+                checks[f"{f}x"], text = _check(table, name, a, f, allowed)
+                parts.append(text)
+            floor = _value(table.get((FLOOR, a), {}), "energy_distance")
+            floor_text = "" if floor is None else f" (held-out vs train {floor:.3g})"
+            sentence = (f"{name} (trained up to {a}x{a}; energy distance {e1:.3g} at 1x"
+                        f"{floor_text}, {allowed:.3g} allowed): " + "; ".join(parts) + ".")
+        if bound:
+            sentence += (f" Resolution-bound network: its samples off {a}x{a} are {a}x{a} "
+                         "samples resampled spectrally, i.e. naive super-resolution.")
+        out[name] = {"train_level": a, "resolution_bound": bound, "checks": checks,
+                     "sentence": sentence}
+    return out
+
+
+def _check(
+    table: Mapping[tuple[str, int], Mapping[str, Any]], name: str, a: int, f: int, allowed: float
+) -> tuple[dict[str, Any], str]:
+    """One factor ``f`` of :func:`verdicts`: the check record and its phrase."""
+    b = f * a
+    where = f"at {f}x ({b}x{b}"
+    if (name, b) not in table:
+        return {"resolution": b, "holds": None}, f"not sampled {where})"
+    g = int(table[(name, b)].get("compared_at") or b)
+    where += f", compared at {g}x{g}" if g != b else ""
+    e = _value(table[(name, b)], "energy_distance")
+    if e is None:
+        return {"resolution": b, "holds": None}, f"no verdict {where}: no finite samples)"
+    naive = _value(table.get((f"naive_upsampling_from_{a}", b), {}), "energy_distance")
+    within = e <= allowed
+    beats = None if naive is None else e < naive
+    holds = within and beats is not False
+    verb = "holds" if holds else "does not hold" + (
+        " (above the allowed value)" if not within else " (not better than naive upsampling)"
+    )
+    detail = f"{e:.3g}" + ("" if naive is None else f", naive upsampling {naive:.3g}")
+    record = {"resolution": b, "energy_distance": e, "allowed": allowed,
+              "naive_energy_distance": naive, "within_tolerance": within,
+              "beats_naive": beats, "holds": holds}
+    return record, f"{verb} {where}: {detail})"
+
+
+def _metric_keys(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    return list(dict.fromkeys(k for r in rows for k in r if k not in COLUMNS))
+
+
+def _is_main(key: str) -> bool:
+    return re.sub(r"_c\d+$", "", key) in MAIN_METRICS
+
+
+def metrics_json(
+    rows: Sequence[Mapping[str, Any]], training: Mapping[str, Mapping[str, float]]
+) -> dict[str, Any]:
+    """``{run: {"n<b>": {metric: float|None}, "training": {...}}, "reference": {row: ...}}``."""
+    keys = [k for k in _metric_keys(rows) if _is_main(k)]
+    out: dict[str, Any] = {}
+    for r in rows:
+        parent = out if r["kind"] == "model" else out.setdefault(REFERENCE, {})
+        cell = {k: _value(r, k) for k in keys}
+        parent.setdefault(r["model"], {})[f"n{r['resolution']}"] = cell
+    for run, summary in training.items():
+        out.setdefault(run, {})["training"] = dict(summary)
+    return out
+
+
+def _text(value: Any) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return ""
+    return repr(value) if isinstance(value, float) else str(value)
+
+
+def write_csv(path: Path, records: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> None:
+    """``records`` as CSV with ``columns`` (missing and non-finite values empty), atomically."""
+    buf = textio.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(columns)
+    writer.writerows([_text(r.get(c)) for c in columns] for r in records)
+    io.write_text(path, buf.getvalue())
+
+
+def read_training(
+    run_dir: Path, levels: Sequence[int]
+) -> tuple[dict[str, float], dict[str, Any]]:
+    """``train.json`` as flat floats, and the validation curve from ``validation.csv`` at the
+    first of ``levels`` it holds: ``{"level", "elapsed_s", "loss"}`` (arrays; blank rows
+    skipped; empty arrays and level None when it holds none)."""
+    path = Path(run_dir) / "train.json"
+    try:
+        summary = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise MldiffError(f"{path}: not a readable train.json ({type(exc).__name__})") from None
+    flat = {k: float(summary[k]) for k in
+            ("steps", "samples_seen", "estimated_flops", "wall_time_s", "parameters")
+            if k in summary}
+    for n, v in summary.get("final_validation_loss", {}).items():
+        flat[f"final_validation_loss_{n}"] = float(v)
+    path = path.with_name("validation.csv")
+    try:
+        with open(path, newline="") as f:
+            table = list(csv.DictReader(f))
+    except OSError:
+        raise MldiffError(f"{path}: validation curve not found") from None
+    for level in levels:
+        column = f"val_loss_{level}"
+        points = [(float(r["elapsed_s"]), float(r[column])) for r in table if r.get(column)]
+        if points:
+            elapsed, loss = np.array(points).T
+            return flat, {"level": level, "elapsed_s": elapsed, "loss": loss}
+    return flat, {"level": None, "elapsed_s": np.zeros(0), "loss": np.zeros(0)}
+
+
+def _model_rows(matrix: Matrix, params: Params, samples_dir: Path, bar: tqdm) -> None:
+    """One row per run × resolution from ``<samples_dir>/<run>/n<b>.nc``."""
+    for run, spec in params.train.runs.items():
+        meta = {"model": run, "kind": "model", "network": spec.network, "prior": spec.prior,
+                "schedule": schedule_label(spec.schedule), "train_level": spec.schedule[-1][0]}
+        for b in sorted(params.sample.resolutions):
+            path = Path(samples_dir) / run / f"n{b}.nc"
+            x, resampled = load_samples(path, run, b, matrix.store)
+            matrix.add({**meta, "resampled_from": resampled}, x, str(path))
+            matrix.show(b, run, x)
+            bar.update()
+
+
+def _reference_rows(matrix: Matrix, params: Params, seed: int, bar: tqdm) -> None:
+    """The floor, prior and naive-upsampling rows (see the module docstring)."""
+    store, runs = matrix.store, params.train.runs
+    resolutions, count = sorted(params.sample.resolutions), params.sample.n_samples
+    base = {"kind": "reference", "resampled_from": 0}
+    for b in resolutions:
+        x = _subset(store.at("train", b), count, seed)
+        matrix.add({**base, "model": FLOOR}, x, resolution=b)
+        bar.update()
+    for name in sorted({spec.prior for spec in runs.values()}):
+        spec = params.priors[name]
+        prior = build_prior(spec.name, length=store.length, **spec.params)
+        for b in resolutions:
+            draws = prior.sample((count, len(store.species)), b, store.boundary,
+                                 torch.Generator().manual_seed(seed), torch.float32)
+            matrix.add({**base, "model": f"prior_{name}", "prior": name}, draws)
+            bar.update()
+    for a in sorted({spec.schedule[-1][0] for spec in runs.values()}):
+        train = _subset(store.at("train", a), count, seed)
+        for b in (b for b in resolutions if b > a):
+            x = prolong(train, b // a, "spectral", store.boundary)
+            matrix.add({**base, "model": f"naive_upsampling_from_{a}", "train_level": a}, x)
+            matrix.show(b, f"naive from {a}", x)
+            bar.update()
+
+
+def _cell_count(params: Params) -> int:
+    runs, resolutions = params.train.runs.values(), params.sample.resolutions
+    levels = {spec.schedule[-1][0] for spec in runs}
+    per_resolution = len(runs) + 1 + len({spec.prior for spec in runs})
+    return per_resolution * len(resolutions) + sum(b > a for a in levels for b in resolutions)
+
+
+def evaluate(
+    params: Params,
+    store_dir: Path,
+    samples_dir: Path,
+    models_dir: Path,
+    out_dir: Path,
+    *,
+    n_boot: int | None = None,
+    seed: int | None = None,
+    samples_shown: int | None = None,
+    tolerance: float = 1.5,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Build the generalization matrix and write it into ``out_dir``.
+
+    ``n_boot``, ``seed`` and ``samples_shown`` default to ``params.evaluate``; ``tolerance``
+    is the factor of :func:`verdicts`.
+
+    Reads the store levels, every ``<samples_dir>/<run>/n<b>.nc`` of ``train.runs`` ×
+    ``sample.resolutions`` and each run's ``train.json``/``validation.csv`` in
+    ``<models_dir>/<run>/`` (not ``model.pt``). Writes ``metrics.json``, ``matrix.csv``,
+    ``spectra.csv``, ``metric_vs_resolution.csv``, ``evaluation.json`` (settings and
+    :func:`verdicts`) and ``figures/*.png`` with ``figures/captions.json``. Returns
+    ``{"rows", "metrics", "verdicts", "settings"}``.
+    """
+    from mldiff.evaluate import figures  # matplotlib only when drawing
+
+    cfg = params.evaluate
+    n_boot = cfg.n_boot if n_boot is None else n_boot
+    seed = cfg.seed if seed is None else seed
+    samples_shown = cfg.samples_shown if samples_shown is None else samples_shown
+    runs = params.train.runs
+    if REFERENCE in runs:
+        raise MldiffError(f"train.runs: the name {REFERENCE!r} is reserved by the evaluation")
+    store = Store.load(params, store_dir)
+    groups = {run: f"{spec.network} / {spec.prior}" for run, spec in runs.items()}
+    top = {}  # finest training level of each network/prior group: the curves' common level
+    for run, spec in runs.items():
+        top[groups[run]] = max(top.get(groups[run], 0), spec.schedule[-1][0])
+    training, curves = {}, {}
+    for run, spec in runs.items():
+        levels = (top[groups[run]], spec.schedule[-1][0])
+        training[run], curve = read_training(Path(models_dir) / run, levels)
+        curves[run] = {**curve, "group": groups[run],
+                       "label": f"{run} ({schedule_label(spec.schedule)})"}
+    resolutions = sorted(params.sample.resolutions)
+    matrix = Matrix(store, resolutions, seed, n_boot, samples_shown)
+    with tqdm(total=_cell_count(params), desc="evaluate", disable=not progress) as bar:
+        _model_rows(matrix, params, samples_dir, bar)
+        _reference_rows(matrix, params, seed, bar)
+    rows = matrix.rows
+    settings = {"n_boot": n_boot, "seed": seed, "tolerance": tolerance, "band": matrix.band,
+                "finest_level": store.finest, "method": store.method, "units": "normalized",
+                "reference_size": params.sample.n_samples}
+    verdict = verdicts(rows, tolerance)
+    metrics = metrics_json(rows, training)
+
+    out_dir = Path(out_dir)
+    io.write_json(out_dir / "metrics.json", metrics)
+    write_csv(out_dir / "matrix.csv", rows, [*COLUMNS, *_metric_keys(rows)])
+    write_csv(out_dir / "spectra.csv", matrix.spectra, SPECTRUM_COLUMNS)
+    write_csv(out_dir / "metric_vs_resolution.csv", rows, CURVE_COLUMNS)
+    io.write_json(out_dir / "evaluation.json", {"settings": settings, "verdicts": verdict})
+    fig_dir = out_dir / "figures"
+    models, species = list(runs), store.species[0]
+    captions = [
+        (f"samples_n{b}.png", figures.sample_grid(
+            fig_dir / f"samples_n{b}.png", b, store.grid(b), matrix.shown[b],
+            matrix.colour_scale(b), species))
+        for b in resolutions
+    ]
+    captions += [
+        ("spectra.png", figures.spectra(fig_dir / "spectra.png", matrix.spectra, resolutions,
+                                        models, species)),
+        ("metric_vs_resolution.png", figures.metric_curves(
+            fig_dir / "metric_vs_resolution.png", rows, models, matrix.band)),
+        ("training_cost.png", figures.training_cost(fig_dir / "training_cost.png", curves)),
+    ]
+    io.write_json(fig_dir / "captions.json",
+                  [{"file": name, "caption": text} for name, text in captions])
+    return {"rows": rows, "metrics": metrics, "verdicts": verdict, "settings": settings}

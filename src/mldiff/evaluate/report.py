@@ -1,0 +1,295 @@
+"""One self-contained HTML report of an evaluation (inline CSS, PNGs embedded as base64, no
+external links): the setup, the comparison rule, the verdicts, the generalization matrix and
+reference rows, the training cost and the figures with their captions.
+
+It reads only what :func:`mldiff.evaluate.matrix.evaluate` wrote: ``metrics.json`` (the
+training summaries of the runs' ``train.json`` are copied there), ``matrix.csv``,
+``evaluation.json`` and ``figures/`` with ``figures/captions.json``.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from mldiff import __version__, io
+from mldiff.config import Params
+from mldiff.diffusion import PRIORS
+from mldiff.errors import MldiffError
+
+Cell = str | Sequence[str]
+
+STYLE = """
+body { font: 15px/1.45 system-ui, sans-serif; max-width: 1100px; margin: 2em auto;
+       padding: 0 1em; color: #222; }
+h1 { font-size: 1.6em; } h2 { margin-top: 2em; border-bottom: 1px solid #ccc; }
+table { border-collapse: collapse; margin: 0.8em 0; font-size: 13px; }
+th, td { border: 1px solid #ccc; padding: 3px 7px; text-align: right; vertical-align: top; }
+th { background: #f2f2f2; } td:first-child, th:first-child { text-align: left; }
+tr.reference td { color: #555; }
+figure { margin: 1.5em 0; } figure img { max-width: 100%; border: 1px solid #eee; }
+figcaption { font-size: 13px; color: #444; }
+li.holds { color: #14611f; } li.fails { color: #8a1c1c; }
+code { background: #f4f4f4; padding: 0 3px; }
+"""
+
+
+def read_matrix(path: Path) -> list[dict[str, Any]]:
+    """Rows of ``matrix.csv``; numbers parsed (int, else float), empty cells None."""
+    try:
+        with open(path, newline="") as f:
+            return [{k: _parse(v) for k, v in row.items()} for row in csv.DictReader(f)]
+    except OSError:
+        raise MldiffError(f"{path}: evaluation matrix not found; run `mldiff evaluate`") from None
+
+
+def _parse(text: str) -> Any:
+    if text == "":
+        return None
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        raise MldiffError(f"{path}: missing or not JSON; run `mldiff evaluate`") from None
+
+
+def _fmt(value: Any) -> str:
+    """3 significant digits; counts (integral values below 10⁷) in full; None as a dash."""
+    if value is None:
+        return "–"
+    if isinstance(value, float) and not (value.is_integer() and abs(value) < 1e7):
+        return f"{value:.3g}"
+    return str(int(value)) if isinstance(value, float) else str(value)
+
+
+def _get(row: Mapping[str, Any], key: str) -> Any:
+    """``row[key]``, or channel 0's ``key_c0`` for several species."""
+    return row.get(key, row.get(f"{key}_c0"))
+
+
+def _interval(row: Mapping[str, Any], key: str) -> str:
+    value, low, high = (_get(row, k) for k in (key, f"{key}_low", f"{key}_high"))
+    text = _fmt(value)
+    return text if low is None else f"{text} [{_fmt(low)}, {_fmt(high)}]"
+
+
+def _table(header: Sequence[str], body: Sequence[tuple[dict[str, str], Sequence[Cell]]]) -> str:
+    """An HTML table: ``body`` rows are ``(tr attributes, cells)``; a cell is text or lines."""
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    lines = [f"<table><thead><tr>{head}</tr></thead><tbody>"]
+    for attrs, cells in body:
+        attr = "".join(f' {k}="{html.escape(v, quote=True)}"' for k, v in attrs.items())
+        tds = "".join(
+            "<td>" + "<br>".join(html.escape(t) for t in ([c] if isinstance(c, str) else c))
+            + "</td>" for c in cells
+        )
+        lines.append(f"<tr{attr}>{tds}</tr>")
+    return "\n".join(lines) + "</tbody></table>"
+
+
+def _pairs(items: Mapping[str, Any]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in items.items()) or "defaults"
+
+
+def _setup(params: Params, settings: Mapping[str, Any]) -> str:
+    """Data, store, process, priors, networks, runs, sampler and evaluation settings."""
+    pde, store, sample, proc = params.pde, params.store, params.sample, params.diffusion
+    if params.data.source is not None:
+        src = params.data.source
+        data = (f"file {src.path}, variables {', '.join(src.variables)}, "
+                f"{src.boundary} boundary")
+    else:
+        data = (f"{pde.system} ({_pairs(pde.parameters)}), {params.boundary} boundary, "
+                f"{pde.n}x{pde.n} grid on [{pde.origin:g}, {pde.origin + pde.length:g}]², "
+                f"{pde.n_samples} trajectories, snapshot t = {store.time}")
+    split = store.split
+    facts = [
+        ("data", data),
+        ("store", f"species {', '.join(store.species)}; levels {store.levels}; coarsening "
+                  f"{store.method}; split train/validation/test {split.train:g}/"
+                  f"{split.validation:g}/{split.test:g}"),
+        ("forward process", f"{proc.process}, beta {proc.beta_min:g} to {proc.beta_max:g}, "
+                            f"t_min {proc.t_min:g}"),
+        ("sampler", f"{sample.sampler}, {sample.steps} steps, {sample.n_samples} samples per "
+                    f"resolution, resolutions {sample.resolutions}, seed {sample.seed}"),
+        ("evaluation", f"{settings['n_boot']} bootstrap resamples, seed {settings['seed']}, "
+                       f"tolerance {settings['tolerance']:g}, band shells 1-{settings['band']}, "
+                       f"reference sets of {settings['reference_size']} fields"),
+    ]
+    priors = [
+        ({}, [name, spec.name, _pairs(spec.params),
+              "yes" if PRIORS[spec.name].is_trace_class else "no"])
+        for name, spec in params.priors.items()
+    ]
+    networks = [({}, [name, spec.arch, _pairs(spec.params)])
+                for name, spec in params.networks.items()]
+    runs = [
+        ({}, [name, spec.network, spec.prior,
+              " then ".join(f"{s} steps at {n}" for n, s in spec.schedule),
+              str(spec.schedule[-1][0])])
+        for name, spec in params.train.runs.items()
+    ]
+    return "\n".join([
+        _table(["", "setting"], [({}, list(f)) for f in facts]),
+        "<h3>Priors (noise covariances Q)</h3>",
+        _table(["prior", "kind", "parameters", "trace class"], priors),
+        "<h3>Networks</h3>", _table(["network", "architecture", "parameters"], networks),
+        "<h3>Runs</h3>",
+        _table(["run", "network", "prior", "schedule", "finest training level"], runs),
+    ])
+
+
+def _rule(settings: Mapping[str, Any]) -> str:
+    f, method, band = settings["finest_level"], settings["method"], settings["band"]
+    return f"""
+<p>Samples drawn at resolution <i>b</i> are compared with the held-out <b>test</b> split at
+<i>g</i> = min(<i>b</i>, {f}), {f} being the finest store level (column <i>compared at</i>).
+Levels are coarsenings of one simulation, so they share one law and are the reference for
+every resolution up to {f}. Above {f} there is no data: <b>samples at <i>b</i> &gt; {f} are
+restricted to {f}x{f} by the store's own value-preserving method ({method}) and compared
+there</b> (marked † below); their power spectrum is still computed at <i>b</i> and compared
+with the data's over the shells both grids resolve.</p>
+<p>Fields are compared in normalized units (u − mean) / std with the store's training
+statistics. Distances use the L² norm on the domain rescaled to unit area, so values at
+different resolutions are comparable: energy distance (unbiased, may be slightly negative),
+Gaussian MMD² (median-heuristic bandwidth), sliced Wasserstein-2 over the modes |m| ≤ {band},
+and the mean |log| ratio of radially averaged power spectra over shells 1-{band} (the same band
+in every cell; <i>all shells</i>: every shell both spectra resolve). Brackets are 95% percentile
+bootstrap intervals ({settings['n_boot']} resamples, seeded).</p>
+<p>Reference rows bracket the values: <b>heldout_vs_train</b> (training against test data:
+the floor set by sampling noise), <b>prior_&lt;name&gt;</b> (draws of the prior N(0, Q), an
+untrained model: the ceiling) and <b>naive_upsampling_from_&lt;a&gt;</b> (training data at
+level <i>a</i> prolonged spectrally to <i>b</i>: what a model must beat to claim
+super-resolution).</p>
+<p>Verdict rule: quality <i>holds</i> at <i>b</i> = 2<i>a</i> or 4<i>a</i> (<i>a</i> the
+run's finest training level) when the energy distance at <i>b</i> is at most
+max(upper 1x bootstrap bound, {settings['tolerance']:g} × the 1x value) and below naive
+upsampling at <i>b</i>.</p>"""
+
+
+def _verdicts(verdicts: Mapping[str, Mapping[str, Any]]) -> str:
+    items = []
+    for v in verdicts.values():
+        judged = [c["holds"] for c in v["checks"].values() if c.get("holds") is not None]
+        css = "" if not judged else "holds" if all(judged) else "fails"
+        items.append(f'<li class="{css}">{html.escape(v["sentence"])}</li>')
+    return "<ul>" + "\n".join(items) + "</ul>"
+
+
+def _matrix(rows: Sequence[Mapping[str, Any]], resolutions: Sequence[int]) -> str:
+    """Rows × resolutions: energy distance [interval] and band spectrum error per cell."""
+    cells = {(r["model"], r["resolution"]): r for r in rows}
+    body = []
+    for name in dict.fromkeys(r["model"] for r in rows):
+        first = next(r for r in rows if r["model"] == name)
+        line: list[Cell] = [name, _fmt(first.get("train_level"))]
+        for b in resolutions:
+            r = cells.get((name, b))
+            if r is None:
+                line.append("")
+                continue
+            mark = " †" if r["compared_at"] != b else ""
+            line.append([_interval(r, "energy_distance") + mark,
+                         f"spectrum {_fmt(r.get('spectrum_log_error'))}"])
+        body.append(({"class": first["kind"]}, line))
+    return _table(["row", "train level", *[f"n = {b}" for b in resolutions]], body)
+
+
+def _details(rows: Sequence[Mapping[str, Any]]) -> str:
+    """Every cell with the main metrics; ``data-model``/``data-resolution`` on each row."""
+    header = ["row", "n", "compared at", "energy distance", "MMD²", "sliced W₂",
+              "spectrum error (band)", "spectrum error (all shells)",
+              "wavelength samples / data", "variance samples / data",
+              "Vendi samples / data", "samples / data"]
+    body = [
+        ({"class": r["kind"], "data-model": r["model"], "data-resolution": str(r["resolution"])},
+         [r["model"], str(r["resolution"]), str(r["compared_at"]),
+          _interval(r, "energy_distance"), _interval(r, "mmd2"), _interval(r, "sliced_w2"),
+          _fmt(r.get("spectrum_log_error")), _fmt(r.get("spectrum_log_error_full")),
+          *(f"{_fmt(_get(r, f'{k}_samples'))} / {_fmt(_get(r, f'{k}_reference'))}"
+            for k in ("wavelength", "variance", "vendi")),
+          f"{r['n_samples']} / {r['n_reference']}"])
+        for r in rows
+    ]
+    return _table(header, body)
+
+
+def _training(params: Params, metrics: Mapping[str, Any]) -> str:
+    levels = params.store.levels
+    body = []
+    for run, spec in params.train.runs.items():
+        t = metrics.get(run, {}).get("training", {})
+        wall = t.get("wall_time_s")
+        body.append(({}, [
+            run, "+".join(f"{n}:{s}" for n, s in spec.schedule), _fmt(t.get("steps")),
+            _fmt(t.get("samples_seen")), _fmt(t.get("estimated_flops")),
+            "–" if wall is None else f"{wall:.1f}", _fmt(t.get("parameters")),
+            *(_fmt(t.get(f"final_validation_loss_{n}")) for n in levels),
+        ]))
+    return _table(["run", "schedule (level:steps)", "steps", "samples seen", "est. FLOPs",
+                   "wall time (s)", "parameters", *[f"val. loss {n}" for n in levels]], body)
+
+
+def _figures(figure_dir: Path, captions: Sequence[Mapping[str, str]]) -> str:
+    parts = []
+    for item in captions:
+        path = figure_dir / item["file"]
+        try:
+            data = base64.b64encode(path.read_bytes()).decode("ascii")
+        except OSError:
+            raise MldiffError(f"{path}: figure not found; run `mldiff evaluate`") from None
+        parts.append(f'<figure><img alt="{html.escape(item["file"])}" '
+                     f'src="data:image/png;base64,{data}">'
+                     f"<figcaption>{html.escape(item['caption'])}</figcaption></figure>")
+    return "\n".join(parts)
+
+
+def write_report(params: Params, results_dir: Path, out: Path) -> None:
+    """Write the HTML report of the evaluation in ``results_dir`` to ``out`` (atomically)."""
+    results_dir = Path(results_dir)
+    metrics = _read_json(results_dir / "metrics.json")
+    evaluation = _read_json(results_dir / "evaluation.json")
+    captions = _read_json(results_dir / "figures" / "captions.json")
+    rows = read_matrix(results_dir / "matrix.csv")
+    settings = evaluation["settings"]
+    resolutions = sorted({r["resolution"] for r in rows})
+    models = [r for r in rows if r["kind"] == "model"]
+    references = [r for r in rows if r["kind"] != "model"]
+    body = [
+        "<h1>mldiff: cross-resolution evaluation</h1>",
+        f"<p>Generated by mldiff {__version__}. Each trained run was sampled at "
+        f"{', '.join(map(str, resolutions))} and compared with held-out data; all numbers are "
+        "in normalized units.</p>",
+        "<h2>Verdicts</h2>", _verdicts(evaluation["verdicts"]),
+        "<h2>Setup</h2>", _setup(params, settings),
+        "<h2>Comparison rule</h2>", _rule(settings),
+        "<h2>Generalization matrix</h2>",
+        "<p>Energy distance [95% interval] and spectrum error (band) per run and sample "
+        "resolution; † compared after restriction to the finest store level.</p>",
+        _matrix(models, resolutions),
+        "<h3>Reference rows</h3>", _matrix(references, resolutions),
+        "<h3>All metrics</h3>", _details(rows),
+        "<h2>Training cost</h2>",
+        "<p>From each run's <code>train.json</code>: optimizer steps, training samples seen, "
+        "estimated FLOPs (forward + backward), wall time of the steps and the final "
+        "validation DSM loss at each store level the network can run at.</p>",
+        _training(params, metrics),
+        "<h2>Figures</h2>", _figures(results_dir / "figures", captions),
+    ]
+    page = ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+            "<title>mldiff evaluation</title>"
+            f"<style>{STYLE}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
+    io.write_text(out, page)

@@ -1,0 +1,268 @@
+"""Cross-resolution evaluation end to end on a synthetic study built without training.
+
+The store holds Gaussian random fields (levels 8 and 16 cut from a 32x32 source); the
+"samples" are fresh fields of the same law, a shifted copy, and a resolution-bound model's
+8x8 fields resampled; the training summaries are fabricated. Resolutions 8, 16, 32: 32 is
+above the finest store level, so the restriction rule applies there.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+import numpy as np
+import pytest
+import torch
+import xarray as xr
+
+from mldiff import config, io
+from mldiff.datasets import build_level, canonical_dataset, normalize, open_level, prolong, restrict
+from mldiff.diffusion import build_prior
+from mldiff.errors import MldiffError
+from mldiff.evaluate import evaluate, verdicts, write_report
+from mldiff.evaluate.matrix import metrics_json, write_csv
+from mldiff.evaluate.metrics import energy_distance
+from mldiff.evaluate.report import read_matrix
+
+SOURCE = 32
+LEVELS = [8, 16]
+RESOLUTIONS = [8, 16, 32]
+MEAN, SCALE = 0.5, 3.0  # data: MEAN + N(0, SCALE · Q_matern)
+RUNS = {
+    "faithful": {"network": "fno", "prior": "matern", "schedule": [[8, 10]]},
+    "shifted": {"network": "fno", "prior": "matern", "schedule": [[8, 10]]},
+    "multilevel": {"network": "fno", "prior": "matern", "schedule": [[8, 6], [16, 4]]},
+    "unet": {"network": "unet", "prior": "matern", "schedule": [[8, 10]]},
+}
+N_BOOT = 20
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny tensors gain nothing from threads; on a shared box waiting for them dominates."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def draws(count: int, seed: int) -> np.ndarray:
+    """``(count, SOURCE, SOURCE)`` fields of the data law (neumann)."""
+    prior = build_prior("matern", gamma=1.2, scale=SCALE)
+    x = prior.sample((count,), SOURCE, "neumann", torch.Generator().manual_seed(seed),
+                     torch.float64)
+    return (MEAN + x).numpy()
+
+
+def at(x: np.ndarray, n: int) -> np.ndarray:
+    """Source fields at level ``n`` the way the store makes them (cell averages)."""
+    return restrict(x, x.shape[-1] // n, "average", "neumann")
+
+
+def write_samples(path, run: str, fields: np.ndarray, resampled_from: int = 0) -> None:
+    """A sample file in the layout of :func:`mldiff.sample.generate`."""
+    n = fields.shape[-1]
+    ds = canonical_dataset({"u": fields.astype(np.float32)}, length=2.0, origin=-1.0,
+                           boundary="neumann")
+    ds.attrs.update(run=run, resolution=n, resampled_from=resampled_from, species="u",
+                    schedule=json.dumps(RUNS[run]["schedule"]), sampler="em", steps=10)
+    io.write_netcdf(ds, path)
+
+
+def write_training(run_dir, run: str) -> None:
+    """``train.json`` and ``validation.csv`` as :func:`mldiff.train.train_run` writes them."""
+    schedule = RUNS[run]["schedule"]
+    steps = sum(s for _, s in schedule)
+    io.write_json(run_dir / "train.json", {
+        "run": run, "schedule": schedule, "steps": steps, "samples_seen": 4 * steps,
+        "estimated_flops": 1e9 * steps, "wall_time_s": 0.1 * steps, "parameters": 1234,
+        "final_validation_loss": {"8": 0.5, "16": 0.6},
+    })
+    lines = ["step,level,elapsed_s,val_loss_8,val_loss_16"]
+    fine = "" if run == "unet" else "{:.6g}"  # a unet validates at its own level only
+    lines += [f"{s},{schedule[0][0]},{0.1 * s:.4f},{1 / s:.6g}," + fine.format(2 / s)
+              for s in (5, steps)]
+    io.write_text(run_dir / "validation.csv", "\n".join(lines) + "\n")
+
+
+def make_study(root):
+    """Params, store, samples and training summaries of the synthetic study under ``root``."""
+    params = config.validate({
+        "pde": {"n": SOURCE, "times": [1.0]},
+        "store": {"levels": LEVELS, "time": 1.0,
+                  "split": {"train": 0.5, "validation": 0.1, "test": 0.4}},
+        "priors": {"matern": {"name": "matern", "params": {"gamma": 1.5}}},
+        "networks": {"fno": {"arch": "fno", "params": {"width": 8, "modes": 4, "layers": 2}},
+                     "unet": {"arch": "unet", "params": {"width": 8, "depth": 2}}},
+        "train": {"runs": RUNS},
+        "sample": {"resolutions": RESOLUTIONS, "n_samples": 12},
+    })
+    source = canonical_dataset({"u": draws(40, 0)}, length=2.0, origin=-1.0, boundary="neumann")
+    for n in LEVELS:
+        io.write_netcdf(build_level(source, n, split=(0.5, 0.1, 0.4), seed=0),
+                        root / "store" / f"level_{n}.nc")
+    fresh = {"faithful": draws(12, 1), "shifted": draws(12, 1) + 2.0,
+             "multilevel": draws(12, 2), "unet": draws(12, 3)}
+    for run, x in fresh.items():
+        for b in RESOLUTIONS:
+            path = root / "samples" / run / f"n{b}.nc"
+            if run == "unet":  # resolution-bound: its 8x8 fields resampled spectrally
+                coarse = at(x, 8)
+                fields = coarse if b == 8 else prolong(coarse, b // 8, "spectral", "neumann")
+                write_samples(path, run, fields, 0 if b == 8 else 8)
+            else:
+                write_samples(path, run, at(x, b))
+        write_training(root / "models" / run, run)
+    return params
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    """The study evaluated once, and its report written."""
+    root = tmp_path_factory.mktemp("study")
+    params = make_study(root)
+    out = root / "results"
+    result = evaluate(params, root / "store", root / "samples", root / "models", out,
+                      n_boot=N_BOOT, seed=3, samples_shown=2, progress=False)
+    write_report(params, out, root / "report.html")
+    return root, params, result
+
+
+def _leaves(tree):
+    if isinstance(tree, dict):
+        for value in tree.values():
+            yield from _leaves(value)
+    else:
+        yield tree
+
+
+def test_outputs_cover_every_model_and_resolution(study):
+    root, _, _ = study
+    out = root / "results"
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert all(v is None or isinstance(v, int | float) for v in _leaves(metrics))
+    for run in RUNS:
+        assert set(metrics[run]) == {"n8", "n16", "n32", "training"}
+        assert metrics[run]["training"]["steps"] == sum(s for _, s in RUNS[run]["schedule"])
+    rows = read_matrix(out / "matrix.csv")
+    cells = {(r["model"], r["resolution"]) for r in rows}
+    assert {(run, b) for run in RUNS for b in RESOLUTIONS} <= cells
+    assert {("heldout_vs_train", b) for b in RESOLUTIONS} <= cells
+    assert {("prior_matern", b) for b in RESOLUTIONS} <= cells
+    naive = {(m, b) for m, b in cells if m.startswith("naive")}
+    assert naive == {("naive_upsampling_from_8", 16), ("naive_upsampling_from_8", 32),
+                     ("naive_upsampling_from_16", 32)}
+    assert all(r["compared_at"] == min(r["resolution"], 16) for r in rows)
+    spectra = (out / "spectra.csv").read_text().splitlines()
+    assert spectra[0] == "model,resolution,species,wavenumber,energy"
+    assert any(line.startswith("faithful,32,u,") for line in spectra)
+    curve = (out / "metric_vs_resolution.csv").read_text().splitlines()
+    assert len(curve) == 1 + len(rows)
+    figures = json.loads((out / "figures" / "captions.json").read_text())
+    assert [f["file"] for f in figures] == [
+        "samples_n8.png", "samples_n16.png", "samples_n32.png", "spectra.png",
+        "metric_vs_resolution.png", "training_cost.png"]
+    for f in figures:
+        assert (out / "figures" / f["file"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_samples_of_the_data_law_score_better_than_shifted_ones(study):
+    _, _, result = study
+    rows = {(r["model"], r["resolution"]): r for r in result["rows"]}
+    for b in RESOLUTIONS:
+        good, bad = rows[("faithful", b)], rows[("shifted", b)]
+        assert good["energy_distance_high"] < bad["energy_distance_low"]
+        assert good["energy_distance"] < 0.2 * bad["energy_distance"]
+
+
+def test_above_the_finest_level_samples_are_restricted_and_compared_there(study):
+    root, _, result = study
+    rows = {(r["model"], r["resolution"]): r for r in result["rows"]}
+    level = open_level(root / "store" / "level_16.nc")
+    stats = level["norm_mean"].values.item(), level["norm_std"].values.item()
+    samples = xr.open_dataset(root / "samples" / "faithful" / "n32.nc")["u"].values
+    x = torch.from_numpy((samples[:, None] - stats[0]) / stats[1])
+    expected = energy_distance(restrict(x, 2, "average", "neumann"), normalize(level, "test"))
+    assert rows[("faithful", 32)]["compared_at"] == 16
+    assert rows[("faithful", 32)]["energy_distance"] == pytest.approx(expected, rel=1e-5)
+
+
+def test_verdicts_judge_the_runs_and_label_the_resolution_bound_one(study):
+    _, _, result = study
+    v = result["verdicts"]
+    assert set(v) == set(RUNS)
+    assert v["unet"]["resolution_bound"] and "Resolution-bound" in v["unet"]["sentence"]
+    assert not v["faithful"]["resolution_bound"]
+    assert v["faithful"]["checks"]["2x"]["resolution"] == 16
+    assert v["multilevel"]["checks"]["4x"]["holds"] is None  # 64 was not sampled
+    assert "not sampled at 4x" in v["multilevel"]["sentence"]
+
+
+def test_report_is_self_contained_and_holds_every_cell(study):
+    root, _, _ = study
+    page = (root / "report.html").read_text()
+    found = set(re.findall(r'data-model="([^"]+)" data-resolution="(\d+)"', page))
+    assert {(run, str(b)) for run in RUNS for b in RESOLUTIONS} <= found
+    assert ("naive_upsampling_from_8", "32") in found
+    assert page.count('src="data:image/png;base64,') == 6
+    assert not re.search(r'(src|href)="(?!data:)', page), "no external resources"
+    assert "restricted to 16x16" in page
+    for run in RUNS:
+        assert run in page
+
+
+def test_evaluation_is_deterministic(study, tmp_path):
+    root, params, _ = study
+    again = tmp_path / "again"
+    evaluate(params, root / "store", root / "samples", root / "models", again,
+             n_boot=N_BOOT, seed=3, samples_shown=2, progress=False)
+    for name in ("metrics.json", "matrix.csv", "spectra.csv", "evaluation.json"):
+        assert (again / name).read_bytes() == (root / "results" / name).read_bytes(), name
+
+
+def test_missing_samples_are_named(study, tmp_path):
+    root, params, _ = study
+    with pytest.raises(MldiffError, match=r"empty[/\\]faithful[/\\]n8\.nc: file not found"):
+        evaluate(params, root / "store", tmp_path / "empty", root / "models", tmp_path / "o",
+                 n_boot=N_BOOT, progress=False)
+
+
+def _row(model, b, e, high=None, kind="model", a=8, resampled=0):
+    return {"model": model, "kind": kind, "train_level": a, "resolution": b,
+            "resampled_from": resampled, "energy_distance": e,
+            "energy_distance_high": e if high is None else high}
+
+
+def test_verdict_rule_tolerance_interval_and_naive_baseline():
+    rows = [
+        _row("m", 8, 0.10, high=0.12), _row("m", 16, 0.14), _row("m", 32, 0.145),
+        _row("naive_upsampling_from_8", 16, 0.50, kind="reference"),
+        _row("naive_upsampling_from_8", 32, 0.12, kind="reference"),
+        _row("tight", 8, -0.01, high=0.02), _row("tight", 16, 0.03), _row("tight", 32, 0.019),
+    ]
+    v = verdicts(rows, tolerance=1.5)
+    m, tight = v["m"]["checks"], v["tight"]["checks"]
+    assert m["2x"]["holds"] and m["2x"]["allowed"] == pytest.approx(0.15)
+    assert m["4x"]["within_tolerance"] and m["4x"]["beats_naive"] is False
+    assert not m["4x"]["holds"] and "not better than naive upsampling" in v["m"]["sentence"]
+    assert tight["2x"]["allowed"] == pytest.approx(0.02)  # the interval, not 1.5 x a negative
+    assert not tight["2x"]["holds"] and tight["4x"]["holds"]
+
+
+def test_non_finite_and_missing_metrics_become_null(tmp_path):
+    rows = [
+        {**_row("m", 8, float("nan")), "mmd2": 0.25},
+        {"model": "m", "kind": "model", "train_level": 8, "resolution": 16},  # NaN samples
+        {**_row("heldout_vs_train", 8, 0.01, kind="reference"), "mmd2": float("inf")},
+    ]
+    metrics = metrics_json(rows, {"m": {"steps": 10.0}})
+    assert metrics["m"]["n8"] == {"energy_distance": None, "energy_distance_high": None,
+                                  "mmd2": 0.25}
+    assert set(metrics["m"]["n16"].values()) == {None}
+    assert metrics["reference"]["heldout_vs_train"]["n8"]["mmd2"] is None
+    assert metrics["m"]["training"] == {"steps": 10.0}
+    write_csv(tmp_path / "m.csv", rows, ["model", "resolution", "energy_distance", "mmd2"])
+    assert (tmp_path / "m.csv").read_text().splitlines() == [
+        "model,resolution,energy_distance,mmd2", "m,8,,0.25", "m,16,,",
+        "heldout_vs_train,8,0.01,"]
