@@ -7,7 +7,7 @@ min_version("8.20")
 configfile: "params.yaml"
 
 
-validate(config, "workflow/schemas/params.schema.json")
+validate(config, "workflow/schemas/params.schema.json", set_default=False)
 
 
 include: "workflow/rules/common.smk"

@@ -482,8 +482,9 @@ def deep_merge(
 
 
 def json_schema() -> dict[str, Any]:
-    """JSON schema of ``params.yaml`` (for Snakemake's ``validate``)."""
-    return Params.model_json_schema()
+    """JSON schema (draft 2020-12) of ``params.yaml``, for Snakemake's ``validate``."""
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema",
+            **Params.model_json_schema()}
 
 
 # The params sections each pipeline step reads: recorded in its outputs' provenance, passed

@@ -14,7 +14,7 @@ rule evaluate:
         figures=directory(f"{RESULTS}/figures"),
     params:
         file=PARAMS_FILE,
-        keys=step_params("evaluate"),
+        sections=step_params("evaluate"),
     log:
         f"{LOGS}/evaluate.log",
     benchmark:
@@ -36,7 +36,7 @@ rule report:
         REPORT,
     params:
         file=PARAMS_FILE,
-        keys=step_params("report"),
+        sections=step_params("report"),
     log:
         f"{LOGS}/report.log",
     threads: 1

@@ -6,7 +6,7 @@ rule sample:
         SAMPLES,
     params:
         file=PARAMS_FILE,
-        keys=step_params("sample"),
+        sections=step_params("sample"),
     log:
         f"{LOGS}/sample_{{run}}_n{{n}}.log",
     benchmark:

@@ -6,7 +6,7 @@ rule simulate:
         RAW,
     params:
         file=PARAMS_FILE,
-        keys=step_params("simulate"),
+        sections=step_params("simulate"),
     log:
         f"{LOGS}/simulate.log",
     benchmark:

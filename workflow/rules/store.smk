@@ -6,7 +6,7 @@ rule store:
         LEVEL,
     params:
         file=PARAMS_FILE,
-        keys=step_params("store"),
+        sections=step_params("store"),
     log:
         f"{LOGS}/store_{{n}}.log",
     benchmark:

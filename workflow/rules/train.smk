@@ -9,7 +9,7 @@ rule train:
         summary=f"{MODELS}/{{run}}/train.json",
     params:
         file=PARAMS_FILE,
-        keys=step_params("train"),
+        sections=step_params("train"),
     log:
         f"{LOGS}/train_{{run}}.log",
     benchmark:
