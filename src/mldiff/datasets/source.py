@@ -32,6 +32,9 @@ from mldiff.spectral import BOUNDARIES
 CANONICAL_DIMS: tuple[str, str, str] = ("sample", "y", "x")
 
 
+MAX_ABS = 1e30  # larger magnitudes overflow float32 statistics (squares exceed 3.4e38)
+
+
 def _open_lazy(path: Path, engine: str | None) -> xr.Dataset:
     """Open without loading (the simulated file holds every time step)."""
     if not path.exists():
@@ -144,8 +147,16 @@ def read_source(
     if ny != nx:
         raise MldiffError(f"{path}: grid is {ny}x{nx}; expected a square n x n grid")
     for v in variables:
-        if not np.isfinite(ds[v].values).all():
+        values = ds[v].values
+        if not (np.issubdtype(values.dtype, np.integer) or np.issubdtype(values.dtype, np.floating)):
+            raise MldiffError(f"{path}: variable {v!r} has dtype {values.dtype}; expected numbers")
+        if not np.isfinite(values).all():
             raise MldiffError(f"{path}: variable {v!r} contains NaN or inf values")
+        if np.abs(values).max() > MAX_ABS:
+            raise MldiffError(
+                f"{path}: variable {v!r} reaches {np.abs(values).max():.3g}; expected |values| "
+                f"<= {MAX_ABS:g} (stores are float32: rescale the data)"
+            )
     boundary = boundary or ds.attrs.get("boundary")
     if boundary not in BOUNDARIES:
         raise MldiffError(f"{path}: boundary: expected one of {BOUNDARIES}, got {boundary!r}")
