@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -41,5 +42,6 @@ def project(tmp_path):
             (dest / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, dest / rel)
     subprocess.run(["git", "init", "-q"], cwd=dest, check=True)
-    subprocess.run(["mldiff", "preset", "tiny"], cwd=dest, check=True, capture_output=True)
+    subprocess.run([sys.executable, "-m", "mldiff.cli", "preset", "tiny"], cwd=dest, check=True,
+                   capture_output=True)
     return dest

@@ -1,8 +1,15 @@
-"""Small builders shared by the training tests: a Gaussian store and params for it."""
+"""Helpers shared by tests: running the tools, comparing outputs, a small Gaussian store."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
 import torch
+import xarray as xr
 
 from mldiff import config, io
 from mldiff.datasets import build_level, canonical_dataset
@@ -36,3 +43,38 @@ def params_for(levels, schedule, **train):
                   "batch_size": 8, **train},
         "sample": {"resolutions": [levels[-1]]},
     })
+
+
+BIN = Path(sys.executable).parent
+ENV = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+
+
+def run(cmd: list[str], cwd: Path) -> str:
+    proc = subprocess.run(cmd, cwd=cwd, env=ENV, capture_output=True, text=True)
+    assert proc.returncode == 0, f"{cmd} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return proc.stdout + proc.stderr
+
+
+def data_files(root: Path) -> dict[str, Path]:
+    """Pipeline outputs under data/ (not logs, benchmarks or the user's external data)."""
+    skip = {"logs", "benchmarks", "external"}
+    return {
+        str(p.relative_to(root)): p
+        for p in (root / "data").rglob("*")
+        if p.is_file() and p.relative_to(root / "data").parts[0] not in skip
+        and not p.name.startswith(".")
+    }
+
+
+TIMING_ATTRS = {"history", "sampling_time_s", "training_summary"}  # wall clock, not results
+
+
+def assert_same_netcdf(a: Path, b: Path) -> None:
+    """Same variables, values and attributes (wall-clock attributes excepted)."""
+    with xr.open_dataset(a) as da, xr.open_dataset(b) as db:
+        assert set(da.variables) == set(db.variables), a
+        for name in da.variables:
+            np.testing.assert_array_equal(da[name].values, db[name].values, err_msg=str(a))
+        assert {k: v for k, v in da.attrs.items() if k not in TIMING_ATTRS} == {
+            k: v for k, v in db.attrs.items() if k not in TIMING_ATTRS
+        }

@@ -2,49 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
-import numpy as np
 import pytest
-import xarray as xr
 import yaml
 
+from helpers import assert_same_netcdf, data_files, run
+
 pytestmark = pytest.mark.slow
-
-BIN = Path(sys.executable).parent
-ENV = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
-
-
-def run(cmd: list[str], cwd: Path) -> str:
-    proc = subprocess.run(cmd, cwd=cwd, env=ENV, capture_output=True, text=True)
-    assert proc.returncode == 0, f"{cmd} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
-    return proc.stdout + proc.stderr
-
-
-def data_files(root: Path) -> dict[str, Path]:
-    """Pipeline outputs under data/ (not logs, benchmarks or the user's external data)."""
-    skip = {"logs", "benchmarks", "external"}
-    return {
-        str(p.relative_to(root)): p
-        for p in (root / "data").rglob("*")
-        if p.is_file() and p.relative_to(root / "data").parts[0] not in skip
-        and not p.name.startswith(".")
-    }
-
-
-def assert_same_netcdf(a: Path, b: Path) -> None:
-    with xr.open_dataset(a) as da, xr.open_dataset(b) as db:
-        assert set(da.variables) == set(db.variables), a
-        for name in da.variables:
-            np.testing.assert_array_equal(da[name].values, db[name].values, err_msg=str(a))
-        drop = {"history"}
-        assert {k: v for k, v in da.attrs.items() if k not in drop} == {
-            k: v for k, v in db.attrs.items() if k not in drop
-        }
-
 
 def dvc_stages_run(output: str) -> list[str]:
     return [line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage")]
@@ -85,5 +48,6 @@ def test_changing_a_parameter_reruns_exactly_the_dependent_steps(project):
     assert not {"simulate", "store", "train"} & set(planned)
 
     stages = dvc_stages_run(run(["dvc", "repro"], project))
-    assert sorted(s.split("@")[0] for s in stages if s.startswith("sample")) == ["sample"] * n_samples
+    sampled = [s for s in stages if s.startswith("sample@")]
+    assert len(sampled) == n_samples
     assert not [s for s in stages if s.split("@")[0] in {"simulate", "store", "train"}]
