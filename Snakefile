@@ -7,6 +7,10 @@ min_version("8.20")
 configfile: "params.yaml"
 
 
+# Software environment for `--sdm conda` (every rule runs the `mldiff` CLI from it).
+conda: "workflow/envs/mldiff.yaml"
+
+
 validate(config, "workflow/schemas/params.schema.json", set_default=False)
 
 

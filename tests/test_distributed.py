@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+
 from helpers import gaussian_store, params_for
 
 pytestmark = pytest.mark.slow
