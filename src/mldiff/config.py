@@ -62,7 +62,7 @@ class PdeParams(Section):
     length: PosFloat = 2.0
     origin: float = -1.0
     times: Annotated[list[Annotated[float, Field(ge=0)]], Field(min_length=1)] = [2.5]
-    n_samples: PosInt = 64
+    n_samples: PosInt = 128
     batch_size: PosInt = 64
     solver: SolverParams = Field(default_factory=SolverParams)
     dtype: Literal["float32", "float64"] = "float64"
@@ -146,7 +146,7 @@ class StoreParams(Section):
 
     species: Annotated[list[str], Field(min_length=1)] = ["u"]
     time: float | None = 2.5
-    levels: Annotated[list[int], Field(min_length=1)] = [16, 32, 64]
+    levels: Annotated[list[int], Field(min_length=1)] = [8, 16, 32, 64]
     method: Literal["average", "spectral"] = "average"
     split: SplitParams = Field(default_factory=SplitParams)
     seed: Annotated[int, Field(ge=0)] = 0
@@ -257,12 +257,12 @@ class TrainParams(Section):
     seed: Annotated[int, Field(ge=0)] = 0
     runs: Annotated[dict[str, RunSpec], Field(min_length=1)] = Field(
         default_factory=lambda: {
-            "fno_matern_l32": RunSpec(network="fno", prior="matern", schedule=[(32, 300)]),
+            "fno_matern_l16": RunSpec(network="fno", prior="matern", schedule=[(16, 400)]),
             "fno_matern_multilevel": RunSpec(
-                network="fno", prior="matern", schedule=[(16, 200), (32, 100)]
+                network="fno", prior="matern", schedule=[(8, 300), (16, 100)]
             ),
-            "fno_white_l32": RunSpec(network="fno", prior="white", schedule=[(32, 300)]),
-            "unet_matern_l32": RunSpec(network="unet", prior="matern", schedule=[(32, 300)]),
+            "fno_white_l16": RunSpec(network="fno", prior="white", schedule=[(16, 400)]),
+            "unet_matern_l16": RunSpec(network="unet", prior="matern", schedule=[(16, 400)]),
         }
     )
 
@@ -279,11 +279,11 @@ class SampleParams(Section):
     """Sampling every trained run at several resolutions."""
 
     sampler: Literal["em", "ode"] = "em"
-    steps: PosInt = 100
+    steps: PosInt = 50
     n_samples: PosInt = 32
     batch_size: PosInt = 32
     resolutions: Annotated[list[Annotated[int, Field(ge=4)]], Field(min_length=1)] = [
-        32, 64, 128
+        16, 32, 64
     ]
     seed: Annotated[int, Field(ge=0)] = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -322,7 +322,7 @@ class Params(Section):
     )
     networks: Annotated[dict[str, NetworkSpec], Field(min_length=1)] = Field(
         default_factory=lambda: {
-            "fno": NetworkSpec(arch="fno", params={"width": 24, "modes": 8, "layers": 4}),
+            "fno": NetworkSpec(arch="fno", params={"width": 16, "modes": 6, "layers": 3}),
             "unet": NetworkSpec(arch="unet", params={"width": 16, "depth": 3}),
         }
     )
