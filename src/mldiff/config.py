@@ -10,9 +10,11 @@ The Snakemake schema in ``workflow/schemas/params.schema.json`` is generated fro
 from __future__ import annotations
 
 import difflib
+import importlib
 import math
 import os
 import re
+import sys
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -57,6 +59,7 @@ class PdeParams(Section):
     """The reaction-diffusion simulation that produces the raw dataset."""
 
     system: str = "fitzhugh_nagumo"
+    imports: list[str] = []
     parameters: dict[str, float | str] = {}
     boundary: Literal["periodic", "neumann"] | None = None
     laplacian: Literal["spectral", "finite_volume"] = "finite_volume"
@@ -88,6 +91,13 @@ class PdeParams(Section):
     def _system_known(self) -> PdeParams:
         from mldiff.pde import get_system
 
+        if self.imports and os.getcwd() not in sys.path:
+            sys.path.insert(0, os.getcwd())  # the run directory, as for `python -m`
+        for module in self.imports:  # user modules that register their own systems
+            try:
+                importlib.import_module(module)
+            except ImportError as exc:
+                raise ValueError(f"imports: cannot import {module!r} ({exc})") from None
         get_system(self.system, self.parameters)  # raises MldiffError naming the problem
         return self
 
