@@ -218,6 +218,7 @@ def test_a_system_added_in_a_user_module_runs_through_the_cli(tmp_path):
     import sys
     from pathlib import Path
 
+    import xarray as xr
     import yaml
 
     from mldiff import config
