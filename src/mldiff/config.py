@@ -261,7 +261,7 @@ class TrainParams(Section):
     ema_decay: Annotated[float, Field(ge=0, lt=1)] = 0.99
     grad_clip: PosFloat = 1.0
     checkpoint_every: PosInt = 100
-    validate_every: PosInt = 50
+    validate_every: PosInt = 100
     validation_times: PosInt = 8
     bf16: bool = False
     device: Literal["auto", "cpu", "cuda"] = "auto"

@@ -62,7 +62,7 @@ MATMUL_DCT_MAX = 128
 
 
 @functools.lru_cache(maxsize=32)
-def _dct_matrix(n: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+def dct_matrix(n: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """Orthonormal DCT-II matrix ``C[k, j] = s_k cos(π k (2j + 1) / 2n)`` (``C Cᵀ = I``)."""
     k = torch.arange(n, dtype=torch.float64)[:, None]
     j = torch.arange(n, dtype=torch.float64)[None, :]
@@ -86,7 +86,7 @@ def dct2(x: torch.Tensor) -> torch.Tensor:
     if _use_scipy(x):
         return torch.from_numpy(scipy.fft.dctn(x.numpy(), axes=(-2, -1), norm="ortho"))
     if n <= MATMUL_DCT_MAX and x.shape[-2] == n:
-        c = _dct_matrix(n, x.dtype, x.device)
+        c = dct_matrix(n, x.dtype, x.device)
         return c @ x @ c.T
     return _dct_last(_dct_last(x).transpose(-1, -2)).transpose(-1, -2)
 
@@ -97,7 +97,7 @@ def idct2(c: torch.Tensor) -> torch.Tensor:
     if _use_scipy(c):
         return torch.from_numpy(scipy.fft.idctn(c.numpy(), axes=(-2, -1), norm="ortho"))
     if n <= MATMUL_DCT_MAX and c.shape[-2] == n:
-        m = _dct_matrix(n, c.dtype, c.device)
+        m = dct_matrix(n, c.dtype, c.device)
         return m.T @ c @ m
     return _idct_last(_idct_last(c).transpose(-1, -2)).transpose(-1, -2)
 

@@ -89,6 +89,14 @@ class ForwardProcess(ABC):
         u = torch.rand(batch, generator=generator, device=generator.device, dtype=dtype)
         return self.t_min + (self.t_max - self.t_min) * u
 
+    def stratified_times(
+        self, count: int, dtype: torch.dtype = torch.float32, device: torch.device | None = None
+    ) -> torch.Tensor:
+        """``count`` fixed times, the midpoints of equal-probability strata of the law of
+        :meth:`sample_time` (validation at fixed times): uniform midpoints of ``[t_min, t_max]``."""
+        mid = (torch.arange(count, dtype=dtype, device=device) + 0.5) / count
+        return self.t_min + (self.t_max - self.t_min) * mid
+
     def time_grid(self, steps: int) -> torch.Tensor:
         """Sampler times ``t_max = t_0 > … > t_steps = t_min``, float64 ``(steps + 1,)``."""
         return torch.linspace(self.t_max, self.t_min, steps + 1, dtype=torch.float64)
@@ -275,7 +283,25 @@ class GaussianScore(torch.nn.Module):
         return (weights * posterior).flatten(1).sum(1)
 
 
-PROCESSES: dict[str, type[ForwardProcess]] = {"vp": VPSDE}
+# Processes defined in sibling modules (they build on VPSDE) add themselves on import, which
+# ``mldiff.diffusion`` does: "dimvarying" (dimvarying.py).
+# The multivariate processes build on the classes above (imported here, not at the top).
+from mldiff.diffusion.multivariate import (  # noqa: E402
+    ALDA,
+    CLD,
+    MALDA,
+    LearnedProcess,
+    LinearProcess,
+)
+
+PROCESSES: dict[str, type[ForwardProcess]] = {
+    "vp": VPSDE,
+    "linear": LinearProcess,
+    "cld": CLD,
+    "alda": ALDA,
+    "malda": MALDA,
+    "learned": LearnedProcess,
+}
 
 
 def build_process(name: str, prior: Prior, boundary: Boundary, **params: Any) -> ForwardProcess:

@@ -31,7 +31,7 @@ from torch import nn
 
 from mldiff.errors import MldiffError
 from mldiff.models.embedding import FiLM, TimeEmbedding, seeded
-from mldiff.spectral import BOUNDARIES, Boundary, cell_centres, dct2, idct2
+from mldiff.spectral import BOUNDARIES, Boundary, cell_centres, dct_matrix
 
 N_COORDS = {"periodic": 4, "neumann": 2}  # channels of coordinate_features
 
@@ -90,7 +90,8 @@ class SpectralConv2d(nn.Module):
       followed by restriction to the original quadrant equals multiplying the cosine
       coefficients ``a_m`` — computed here by the DCT-II on the ``n × n`` grid without forming
       the doubled field (4× less work). ``dct2(u) / n`` are ``a_m`` times a fixed factor
-      (``1`` for ``m = 0``, ``1/√2`` otherwise, per axis), independent of ``n``; ``idct2(n v̂)``
+      (``1`` for ``m = 0``, ``1/√2`` otherwise, per axis), independent of ``n`` (only the kept
+      rows ``C[:modes]`` of the DCT matrix are applied: ``C u Cᵀ`` restricted); ``idct2(n v̂)``
       evaluates the series. ``modes`` counts modes of the doubled period: ``m_y, m_x <
       modes``, wavenumbers ``π m / L``, half the physical bandwidth of a periodic layer with
       the same ``modes``. Real ``R``. Needs ``n >= modes``.
@@ -120,8 +121,9 @@ class SpectralConv2d(nn.Module):
     def forward(self, u: torch.Tensor) -> torch.Tensor:
         n, m = u.shape[-1], self.modes
         if self.boundary == "neumann":
-            out = modewise(dct2(u)[..., :m, :m] / n, self.weight) * n
-            return idct2(F.pad(out, (0, n - m, 0, n - m)))
+            c = dct_matrix(n, u.dtype, u.device)[:m]  # the kept rows of the DCT-II: (m, n)
+            out = modewise(c @ u @ c.T / n, self.weight) * n
+            return c.T @ out @ c
         coeff = torch.fft.rfft(u, dim=-1, norm="forward")[..., :m]
         coeff = torch.fft.fft(coeff, dim=-2, norm="forward")  # (B, C_in, n, m)
         low = torch.cat([coeff[..., :m, :], coeff[..., n - m + 1 :, :]], dim=-2)
