@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from helpers import DATA_SCALE, gaussian_store, params_for
+from mldiff import config
 from mldiff.datasets import open_level
 from mldiff.diffusion import GaussianScore, build_prior
 from mldiff.errors import MldiffError
@@ -107,3 +108,26 @@ def test_fno_reaches_the_analytic_dsm_minimum_on_gaussian_data(tmp_path):
         optimal = process.loss(exact, x0, t, g).mean().item()
     assert optimal <= learned <= 1.05 * optimal, (learned, optimal)
     assert np.isfinite(open_level(paths[16])["u"].values).all()
+
+
+@pytest.mark.parametrize("network", ["shared", "per_stage"])
+def test_dimvarying_trains_and_samples_on_fewer_grid_points(tmp_path, network):
+    from mldiff.sample import generate
+
+    paths = gaussian_store(tmp_path, samples=24)
+    options = {"factors": [2], "switch_times": [0.5], "network": network}
+    points = {}
+    for process in ("vp", "dimvarying"):
+        raw = params_for((8, 16), [[16, 4]]).model_dump(mode="json")
+        raw["networks"]["fno"]["params"]["modes"] = 4
+        raw["diffusion"] = {"process": process, "options": options if process != "vp" else {}}
+        params = config.validate(raw)
+        out = tmp_path / process / "model.pt"
+        summary = train_run(params, "run", paths, out, tmp_path / process / "c.pt",
+                            progress=False)
+        assert set(summary["final_validation_loss"]) == {"8", "16"}
+        ds = generate(out, 16, sampler="em", steps=10, n_samples=4, batch_size=4, seed=0,
+                      device="cpu", progress=False)
+        assert np.isfinite(ds["u"].values).all()
+        points[process] = int(ds.attrs["network_points"])
+    assert points["dimvarying"] < 0.7 * points["vp"]

@@ -389,15 +389,29 @@ class Params(Section):
             raise ValueError(f"{key}.schedule: levels {missing} are not in store.levels "
                              f"{self.store.levels}")
         network = self.networks[run.network]
-        if network.arch == "unet" and len(levels) > 1:
-            raise ValueError(f"{key}.schedule: the unet is resolution-bound; give one level")
+        coarsest = self._coarsest_grids(key, levels + self.sample.resolutions)
+        if network.arch == "unet" and (len(levels) > 1 or coarsest[levels[0]] != levels[0]):
+            raise ValueError(f"{key}: the unet is resolution-bound; give one level and a "
+                             "process on a fixed grid")
         if network.arch == "fno":
             modes = int(network.params.get("modes", 12))
             need = 2 * modes if self.boundary == "periodic" else modes
-            small = [n for n in levels + self.sample.resolutions if n < need]
+            small = sorted({n for n, m in coarsest.items() if m < need})
             if small:
                 raise ValueError(f"{key}: resolutions {small} are too small for "
-                                 f"networks.{run.network} modes={modes} (need n >= {need})")
+                                 f"networks.{run.network} modes={modes} (need grids >= {need}, "
+                                 f"coarsest grids {[coarsest[n] for n in small]})")
+
+    def _coarsest_grids(self, key: str, resolutions: list[int]) -> dict[int, int]:
+        """The coarsest grid the forward process uses for each output resolution."""
+        from mldiff.diffusion import build_prior, build_process
+
+        process = build_process(self.diffusion.process, build_prior("white"), "periodic",
+                                **self.diffusion.kwargs())
+        try:
+            return {n: process.grid_size(process.t_max, n) for n in resolutions}
+        except MldiffError as exc:
+            raise ValueError(f"{key}: {exc}") from None
 
     @property
     def boundary(self) -> str:

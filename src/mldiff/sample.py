@@ -60,8 +60,8 @@ def generate(
     dev = pick_device(device)
     net, process, info = load_model(model_path, dev)
     geometry, spec = info["geometry"], info["spec"]
-    native = n if supports(net, n) else int(geometry["resolution"])
-    if not supports(net, native):
+    native = n if supports(net, process, n) else int(geometry["resolution"])
+    if not supports(net, process, native):
         raise MldiffError(f"{model_path}: the network cannot run at n={n}")
     generator = torch.Generator(device=dev).manual_seed(seed)
     counted = CountingNet(net)

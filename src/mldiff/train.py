@@ -40,7 +40,7 @@ from tqdm.auto import tqdm
 from mldiff import io
 from mldiff.config import Params
 from mldiff.datasets import normalize, open_level
-from mldiff.diffusion import ForwardProcess, build_prior, build_process
+from mldiff.diffusion import ForwardProcess, StageNetworks, build_prior, build_process
 from mldiff.errors import MldiffError
 from mldiff.models import build_model, count_parameters, estimate_flops
 
@@ -86,7 +86,9 @@ class Distributed:
         if self.world == 1:
             return net
         ids = [self.device.index] if self.device.type == "cuda" else None
-        return torch.nn.parallel.DistributedDataParallel(net, device_ids=ids)
+        return torch.nn.parallel.DistributedDataParallel(
+            net, device_ids=ids, find_unused_parameters=isinstance(net, StageNetworks)
+        )
 
     def average_gradients(self, module: torch.nn.Module | None) -> None:
         """Average the gradients of a module that DDP does not wrap (a learned process)."""
@@ -175,18 +177,24 @@ def build_components(
     if spec["network"]["arch"] == "unet":
         hyper["resolution"] = level["resolution"]
     channels = level["channels"]
-    net = build_model(
-        spec["network"]["arch"], process.state_channels(channels),
-        process.state_channels(channels), **hyper,
-    )
-    return net, process
+    arch, width = spec["network"]["arch"], process.state_channels(channels)
+    if getattr(process, "network", "shared") == "per_stage":  # one network per grid stage
+        seed = int(hyper.pop("seed", 0))
+        nets = [build_model(arch, width, width, seed=seed + j, **hyper)
+                for j in range(process.stages)]
+        return StageNetworks(nets, process), process
+    return build_model(arch, width, width, **hyper), process
 
 
-def supports(net: torch.nn.Module, n: int) -> bool:
-    """Whether ``net`` can be evaluated on an ``n × n`` grid."""
+def supports(net: torch.nn.Module, process: ForwardProcess, n: int) -> bool:
+    """Whether ``net`` can run every grid that ``process`` uses for output resolution ``n``."""
+    try:
+        grids = {process.grid_size(t, n) for t in (process.t_min, process.t_max)}
+    except MldiffError:
+        return False
     if hasattr(net, "resolution"):
-        return n == net.resolution
-    return n >= getattr(net, "min_resolution", 1)
+        return grids == {net.resolution}
+    return min(grids) >= getattr(net, "min_resolution", 1)
 
 
 def lr_factor(step: int, total: int, warmup: int, min_ratio: float) -> float:
@@ -242,7 +250,7 @@ def validation_losses(
     """Mean DSM loss on each level's validation split, at fixed stratified times and noise."""
     out = {}
     for n, x in data.validation.items():
-        if not supports(net, n) or len(x) == 0:
+        if not supports(net, process, n) or len(x) == 0:
             continue
         g = torch.Generator(device=device).manual_seed(seed)
         x = x.to(device)

@@ -249,7 +249,7 @@ class GaussianScore(torch.nn.Module):
 
     def __init__(self, process: VPSDE, data: Prior, mean: float | torch.Tensor = 0.0) -> None:
         super().__init__()
-        if not isinstance(process, VPSDE) or not isinstance(data, Prior):
+        if type(process) is not VPSDE or not isinstance(data, Prior):
             raise MldiffError("GaussianScore: expected a VPSDE process and a Prior data covariance")
         self.process = process
         self.data = data
