@@ -260,8 +260,8 @@ class TrainParams(Section):
     min_lr_ratio: Annotated[float, Field(ge=0, le=1)] = 0.1
     ema_decay: Annotated[float, Field(ge=0, lt=1)] = 0.99
     grad_clip: PosFloat = 1.0
-    checkpoint_every: PosInt = 100
-    validate_every: PosInt = 100
+    checkpoint_every: PosInt = 500
+    validate_every: PosInt = 250
     validation_times: PosInt = 8
     bf16: bool = False
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -269,12 +269,12 @@ class TrainParams(Section):
     seed: Annotated[int, Field(ge=0)] = 0
     runs: Annotated[dict[str, RunSpec], Field(min_length=1)] = Field(
         default_factory=lambda: {
-            "fno_matern_l16": RunSpec(network="fno", prior="matern", schedule=[(16, 400)]),
+            "fno_matern_l16": RunSpec(network="fno", prior="matern", schedule=[(16, 1500)]),
             "fno_matern_multilevel": RunSpec(
-                network="fno", prior="matern", schedule=[(8, 300), (16, 100)]
+                network="fno", prior="matern", schedule=[(8, 1000), (16, 500)]
             ),
-            "fno_white_l16": RunSpec(network="fno", prior="white", schedule=[(16, 400)]),
-            "unet_matern_l16": RunSpec(network="unet", prior="matern", schedule=[(16, 400)]),
+            "fno_white_l16": RunSpec(network="fno", prior="white", schedule=[(16, 1500)]),
+            "unet_matern_l16": RunSpec(network="unet", prior="matern", schedule=[(16, 1500)]),
         }
     )
 
@@ -335,7 +335,7 @@ class Params(Section):
     networks: Annotated[dict[str, NetworkSpec], Field(min_length=1)] = Field(
         default_factory=lambda: {
             "fno": NetworkSpec(arch="fno", params={"width": 16, "modes": 6, "layers": 3}),
-            "unet": NetworkSpec(arch="unet", params={"width": 16, "depth": 3}),
+            "unet": NetworkSpec(arch="unet", params={"width": 8, "depth": 2}),
         }
     )
     train: TrainParams = Field(default_factory=TrainParams)
