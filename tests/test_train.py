@@ -49,6 +49,8 @@ def test_outputs_account_for_every_level_and_the_compute(tmp_path):
     assert summary["steps"] == 7 and summary["samples_seen"] == 7 * 8
     assert summary["estimated_flops"] > 0 and summary["wall_time_s"] > 0
     assert set(summary["final_validation_loss"]) == {"8", "16"}
+    assert set(summary["elbo_bits_per_dim"]) == {"8", "16"}
+    assert all(np.isfinite(v) for v in summary["elbo_bits_per_dim"].values())
     with open(tmp_path / "m" / "validation.csv") as f:
         rows = list(csv.DictReader(f))
     assert [int(r["step"]) for r in rows] == [4, 5, 7]  # every 5, at the level switch, at the end
@@ -131,3 +133,19 @@ def test_dimvarying_trains_and_samples_on_fewer_grid_points(tmp_path, network):
         assert np.isfinite(ds["u"].values).all()
         points[process] = int(ds.attrs["network_points"])
     assert points["dimvarying"] < 0.7 * points["vp"]
+
+
+@pytest.mark.parametrize("process", ["cld", "malda"])
+def test_multivariate_processes_train_sample_and_report_an_elbo(tmp_path, process):
+    from mldiff.sample import generate
+
+    paths = gaussian_store(tmp_path, samples=24)
+    raw = params_for((8, 16), [[16, 4]]).model_dump(mode="json")
+    raw["diffusion"] = {"process": process}
+    params = config.validate(raw)
+    out = tmp_path / "model.pt"
+    summary = train_run(params, "run", paths, out, tmp_path / "c.pt", progress=False)
+    assert set(summary["elbo_bits_per_dim"]) == {"8", "16"}
+    ds = generate(out, 16, sampler="em", steps=10, n_samples=4, batch_size=4, seed=0,
+                  device="cpu", progress=False)
+    assert set(ds.data_vars) == {"u"} and np.isfinite(ds["u"].values).all()

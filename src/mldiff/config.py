@@ -263,6 +263,7 @@ class TrainParams(Section):
     checkpoint_every: PosInt = 500
     validate_every: PosInt = 250
     validation_times: PosInt = 8
+    elbo_times: Annotated[int, Field(ge=0)] = 16
     bf16: bool = False
     device: Literal["auto", "cpu", "cuda"] = "auto"
     processes: Annotated[int, Field(ge=1, le=64)] = 1

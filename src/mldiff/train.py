@@ -40,7 +40,13 @@ from tqdm.auto import tqdm
 from mldiff import io
 from mldiff.config import Params
 from mldiff.datasets import normalize, open_level
-from mldiff.diffusion import ForwardProcess, StageNetworks, build_prior, build_process
+from mldiff.diffusion import (
+    ForwardProcess,
+    StageNetworks,
+    build_prior,
+    build_process,
+    elbo_report,
+)
 from mldiff.errors import MldiffError
 from mldiff.models import build_model, count_parameters, estimate_flops
 
@@ -467,6 +473,7 @@ def _write_outputs(out: Path, trainer: Trainer) -> dict[str, Any]:
     run, spec, data, state = trainer.run, trainer.spec, trainer.data, trainer.state
     levels = sorted(data.validation)
     final = state["validation"][-1]
+    elbo = validation_elbo(trainer) if trainer.cfg.elbo_times else {}
     summary = {
         "run": run,
         "schedule": spec["schedule"],
@@ -477,6 +484,8 @@ def _write_outputs(out: Path, trainer: Trainer) -> dict[str, Any]:
         "parameters": count_parameters(trainer.net),
         "processes": trainer.dist.world,
         "final_validation_loss": {k: final[k] for k in map(str, levels) if k in final},
+        "elbo_bits_per_dim": {k: v["bits_per_dim"] for k, v in elbo.items()},
+        "elbo_nats_per_point": {k: v["nll_nats_per_point"] for k, v in elbo.items()},
     }
     model = {
         "format": CHECKPOINT_FORMAT,
@@ -501,6 +510,24 @@ def _write_outputs(out: Path, trainer: Trainer) -> dict[str, Any]:
     io.write_text(out.with_name("validation.csv"), "\n".join(lines) + "\n")
     io.write_json(out.with_name("train.json"), summary)
     return summary
+
+
+def validation_elbo(trainer: Trainer) -> dict[str, dict[str, float]]:
+    """Likelihood bound of the EMA model on each level's validation split (negative ELBO in
+    bits/dim and nats per grid point, normalized units); empty for processes or priors
+    without one (e.g. dimensionality-varying, or a prior with a zero eigenvalue)."""
+    out = {}
+    for n, x in trainer.data.validation.items():
+        if not supports(trainer.ema, trainer.process, n) or len(x) == 0:
+            continue
+        g = torch.Generator(device=trainer.device).manual_seed(trainer.cfg.seed + 2)
+        try:
+            out[str(n)] = elbo_report(trainer.process, trainer.ema, x.to(trainer.device),
+                                      trainer.cfg.elbo_times, g)
+        except MldiffError as exc:
+            log.info("no ELBO for %s: %s", trainer.run, exc)
+            return {}
+    return out
 
 
 def save_checkpoint(path: Path, obj: dict[str, Any]) -> None:
