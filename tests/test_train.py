@@ -149,3 +149,15 @@ def test_multivariate_processes_train_sample_and_report_an_elbo(tmp_path, proces
     ds = generate(out, 16, sampler="em", steps=10, n_samples=4, batch_size=4, seed=0,
                   device="cpu", progress=False)
     assert set(ds.data_vars) == {"u"} and np.isfinite(ds["u"].values).all()
+
+
+def test_a_diverging_loss_stops_with_the_step_and_keeps_the_last_checkpoint(tmp_path):
+    paths = gaussian_store(tmp_path, samples=24)
+    params = params_for((8, 16), [[8, 40]], lr=1e9, warmup_steps=0, grad_clip=1e12,
+                        checkpoint_every=1)
+    ckpt = tmp_path / "c.pt"
+    with pytest.raises(MldiffError, match=r"loss is (nan|inf) at step \d+ .*last good checkpoint"):
+        train_run(params, "run", paths, tmp_path / "model.pt", ckpt, progress=False)
+    assert not (tmp_path / "model.pt").exists()
+    saved = load_checkpoint(ckpt)
+    assert all(torch.isfinite(v).all() for v in saved["model"].values() if v.is_floating_point())
