@@ -64,7 +64,8 @@ FLOOR = "heldout_vs_train"
 HELDOUT = "heldout_test"
 COLUMNS = (
     "model", "kind", "network", "prior", "schedule", "train_level", "resolution",
-    "compared_at", "resampled_from", "n_samples", "n_reference",
+    "compared_at", "resampled_from", "n_samples", "n_reference", "process",
+    "sampling_s_per_sample", "network_points_per_sample",
 )
 # The metrics kept in metrics.json (matrix.csv has all of compare's); per-channel ones may
 # carry a ``_c<k>`` suffix.
@@ -239,8 +240,10 @@ class Matrix:
                           "n_reference": len(self.test[g]), **metrics})
 
 
-def load_samples(path: Path, run: str, n: int, store: Store) -> tuple[torch.Tensor, int]:
-    """Normalized samples ``(N, C, n, n)`` of ``run`` at ``n`` and their ``resampled_from``."""
+def load_samples(path: Path, run: str, n: int, store: Store) -> tuple[torch.Tensor, dict]:
+    """Normalized samples ``(N, C, n, n)`` of ``run`` at ``n`` and facts about them: the forward
+    process, ``resampled_from`` and the sampling cost per sample (wall time, grid points the
+    network evaluated: what dimensionality-varying diffusion saves)."""
     ds = io.open_dataset(path, dims=CANONICAL_DIMS)
     expected = {"run": run, "resolution": n, "boundary": store.boundary}
     for key, value in expected.items():
@@ -253,7 +256,14 @@ def load_samples(path: Path, run: str, n: int, store: Store) -> tuple[torch.Tens
     if missing:
         raise MldiffError(f"{path}: species {missing} missing; the store has {store.species}")
     x = np.stack([ds[s].values for s in store.species], axis=1).astype(np.float32)
-    return store.normalize(torch.from_numpy(x)), int(ds.attrs.get("resampled_from", 0))
+    count = len(x)
+    info = {
+        "resampled_from": int(ds.attrs.get("resampled_from", 0)),
+        "process": json.loads(ds.attrs.get("process", "{}")).get("process", ""),
+        "sampling_s_per_sample": float(ds.attrs.get("sampling_time_s", np.nan)) / count,
+        "network_points_per_sample": float(ds.attrs.get("network_points", np.nan)) / count,
+    }
+    return store.normalize(torch.from_numpy(x)), info
 
 
 def _subset(x: torch.Tensor, count: int, seed: int) -> torch.Tensor:
@@ -430,8 +440,8 @@ def _model_rows(matrix: Matrix, params: Params, samples_dir: Path, bar: tqdm) ->
                 "schedule": schedule_label(spec.schedule), "train_level": spec.schedule[-1][0]}
         for b in sorted(params.sample.resolutions):
             path = Path(samples_dir) / run / f"n{b}.nc"
-            x, resampled = load_samples(path, run, b, matrix.store)
-            matrix.add({**meta, "resampled_from": resampled}, x, str(path))
+            x, info = load_samples(path, run, b, matrix.store)
+            matrix.add({**meta, **info}, x, str(path))
             matrix.show(b, run, x)
             bar.update()
 

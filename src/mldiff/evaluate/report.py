@@ -213,7 +213,8 @@ def _details(rows: Sequence[Mapping[str, Any]]) -> str:
     header = ["row", "n", "compared at", "energy distance", "MMD²", "sliced W₂",
               "spectrum error (band)", "spectrum error (all shells)",
               "wavelength samples / data", "variance samples / data",
-              "Vendi samples / data", "samples / data"]
+              "Vendi samples / data", "samples / data", "process",
+              "sampling s / sample", "network grid points / sample"]
     body = [
         ({"class": r["kind"], "data-model": r["model"], "data-resolution": str(r["resolution"])},
          [r["model"], str(r["resolution"]), str(r["compared_at"]),
@@ -221,7 +222,8 @@ def _details(rows: Sequence[Mapping[str, Any]]) -> str:
           _fmt(r.get("spectrum_log_error")), _fmt(r.get("spectrum_log_error_full")),
           *(f"{_fmt(_get(r, f'{k}_samples'))} / {_fmt(_get(r, f'{k}_reference'))}"
             for k in ("wavelength", "variance", "vendi")),
-          f"{r['n_samples']} / {r['n_reference']}"])
+          f"{r['n_samples']} / {r['n_reference']}", str(r.get("process") or ""),
+          _fmt(r.get("sampling_s_per_sample")), _fmt(r.get("network_points_per_sample"))])
         for r in rows
     ]
     return _table(header, body)
