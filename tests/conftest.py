@@ -8,11 +8,22 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from mldiff import config
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True, scope="session")
+def one_thread():
+    """The tests' tensors are small: on the shared 2-core CI box, waiting for torch's threads
+    costs more than they gain (tools run in subprocesses choose their own threads)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture
@@ -30,7 +41,7 @@ def write_params(tmp_path):
 
 @pytest.fixture
 def project(tmp_path):
-    """A git-initialized copy of the repository (tracked files) with the tiny preset active."""
+    """A committed git copy of the repository (tracked files) with the tiny preset active."""
     dest = tmp_path / "project"
     files = subprocess.run(
         ["git", "ls-files", "-co", "--exclude-standard"],
@@ -44,4 +55,7 @@ def project(tmp_path):
     subprocess.run(["git", "init", "-q"], cwd=dest, check=True)
     subprocess.run([sys.executable, "-m", "mldiff.cli", "preset", "tiny"], cwd=dest, check=True,
                    capture_output=True)
+    git = ["git", "-c", "user.name=test", "-c", "user.email=test@example.org"]
+    subprocess.run(["git", "add", "-A"], cwd=dest, check=True)
+    subprocess.run([*git, "commit", "-qm", "tiny study"], cwd=dest, check=True)
     return dest

@@ -30,7 +30,8 @@ def test_presets_validate(preset):
 def test_snakemake_schema_is_generated_from_the_model():
     on_disk = json.loads((ROOT / "workflow" / "schemas" / "params.schema.json").read_text())
     expected = json.loads(json.dumps(config.json_schema()))
-    assert on_disk == expected, "regenerate: mldiff schema --out workflow/schemas/params.schema.json"
+    hint = "regenerate: mldiff schema --out workflow/schemas/params.schema.json"
+    assert on_disk == expected, hint
 
 
 BAD = [
@@ -104,3 +105,15 @@ def test_dvc_stages_mirror_the_steps():
         body = stage.get("do", stage)
         assert body["cmd"].split()[:2] == ["mldiff", name]
         assert tuple(body["params"]) == config.STEP_PARAMS[name]
+
+
+def test_step_params_do_not_depend_on_key_order(write_params):
+    import yaml
+
+    path = write_params()
+    raw = yaml.safe_load(path.read_text())
+    raw["networks"]["fno"]["params"] = dict(reversed(raw["networks"]["fno"]["params"].items()))
+    other = config.validate(raw)
+    assert config.step_params(other, "train") == config.step_params(config.Params(), "train")
+    assert repr(config.step_params(other, "train")) == repr(
+        config.step_params(config.Params(), "train"))

@@ -23,15 +23,6 @@ PRIOR = {"name": "matern", "gamma": 1.5}
 DATA = {"name": "matern", "gamma": 2.0, "tau": 5.0, "scale": 4.0}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small tensor ops: threads only contend on the shared CI box."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def _gen(seed: int = 0) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 

@@ -38,15 +38,6 @@ RUNS = {
 N_BOOT = 20
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors gain nothing from threads; on a shared box waiting for them dominates."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def draws(count: int, seed: int) -> np.ndarray:
     """``(count, SOURCE, SOURCE)`` fields of the data law (neumann)."""
     prior = build_prior("matern", gamma=1.2, scale=SCALE)

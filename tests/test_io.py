@@ -64,3 +64,18 @@ def test_missing_variables_and_nonfinite_values_are_named(tmp_path):
         io.open_dataset(tmp_path / "a.nc", variables=("v",))
     with pytest.raises(MldiffError, match="'u' contains NaN or inf"):
         io.open_dataset(tmp_path / "a.nc", variables=("u",))
+
+
+def test_temporaries_of_killed_writers_are_removed_by_the_next_write(tmp_path):
+    import subprocess
+    import sys
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    stale = tmp_path / f".a.nc.{dead}.tmp"
+    stale.write_text("half-written by a killed process")
+    io.write_netcdf(dataset(), tmp_path / "a.nc")
+    assert not stale.exists() and (tmp_path / "a.nc").exists()
+    stale.write_text("again")
+    io.discard(tmp_path / "a.nc")
+    assert list(tmp_path.iterdir()) == []

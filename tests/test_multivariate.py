@@ -27,15 +27,6 @@ NAMED = ("cld", "alda", "malda", "learned")
 BOUNDARIES = ("periodic", "neumann")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small tensor ops: threads only contend on the shared CI box."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def _gen(seed: int = 0) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import json
 import math
 import os
 import re
@@ -438,7 +439,9 @@ def _known_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
             return []
         annotation = field.annotation
         candidates = [a for a in getattr(annotation, "__args__", (annotation,))]
-        sub = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
+        sub = next(
+            (c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None
+        )
         if sub is None:
             return []
         model = sub
@@ -466,7 +469,8 @@ def _first_error(exc: ValidationError, source: str) -> MldiffError:
 def validate(raw: Any, source: str = "params") -> Params:
     """Validate a params mapping; raise :class:`MldiffError` with one line on the first problem."""
     if not isinstance(raw, dict):
-        raise MldiffError(f"{source}: expected a YAML mapping of sections, got {type(raw).__name__}")
+        kind = type(raw).__name__
+        raise MldiffError(f"{source}: expected a YAML mapping of sections, got {kind}")
     try:
         return Params.model_validate(raw)
     except ValidationError as exc:
@@ -528,6 +532,7 @@ STEP_PARAMS: dict[str, tuple[str, ...]] = {
 
 
 def step_params(params: Params, step: str) -> dict[str, Any]:
-    """The sections of ``params`` that ``step`` reads, as plain JSON-ready data."""
+    """The sections of ``params`` that ``step`` reads, as plain data with keys sorted at every
+    level (so reordering keys in params.yaml changes nothing Snakemake compares)."""
     dumped = params.model_dump(mode="json")
-    return {key: dumped[key] for key in STEP_PARAMS[step]}
+    return json.loads(json.dumps({key: dumped[key] for key in STEP_PARAMS[step]}, sort_keys=True))

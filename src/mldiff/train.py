@@ -260,9 +260,7 @@ def validation_losses(
             continue
         g = torch.Generator(device=device).manual_seed(seed)
         x = x.to(device)
-        t_grid = process.t_min + (process.t_max - process.t_min) * (
-            (torch.arange(times, dtype=x.dtype, device=device) + 0.5) / times
-        )
+        t_grid = process.stratified_times(times, x.dtype, device)
         total = 0.0
         with torch.no_grad():
             for t in t_grid:
@@ -462,7 +460,7 @@ def train_run(
         if not trainer.dist.writer:
             return {}
         summary = _write_outputs(out, trainer)
-        checkpoint.unlink(missing_ok=True)  # only interrupted runs leave one to resume from
+        io.discard(checkpoint)  # only interrupted runs leave one to resume from
         return summary
     finally:
         trainer.dist.close()

@@ -148,7 +148,7 @@ def read_source(
         raise MldiffError(f"{path}: grid is {ny}x{nx}; expected a square n x n grid")
     for v in variables:
         values = ds[v].values
-        if not (np.issubdtype(values.dtype, np.integer) or np.issubdtype(values.dtype, np.floating)):
+        if values.dtype.kind not in "iuf":  # signed, unsigned integers or floats
             raise MldiffError(f"{path}: variable {v!r} has dtype {values.dtype}; expected numbers")
         if not np.isfinite(values).all():
             raise MldiffError(f"{path}: variable {v!r} contains NaN or inf values")
