@@ -188,7 +188,9 @@ def cmd_preset(args: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mldiff", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="mldiff", description="Multilevel diffusion pipeline: one subcommand per step."
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
     sub = parser.add_subparsers(dest="command", required=True, metavar="<step>")
