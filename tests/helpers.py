@@ -78,3 +78,12 @@ def assert_same_netcdf(a: Path, b: Path) -> None:
         keys = (set(da.attrs) | set(db.attrs)) - TIMING_ATTRS
         differ = sorted(k for k in keys if str(da.attrs.get(k)) != str(db.attrs.get(k)))
         assert not differ, f"{a}: attrs differ: {differ}"
+
+
+def run_cli(capsys, argv) -> tuple[int, list[str]]:
+    """Run ``mldiff argv`` in-process: the exit code and the ``mldiff: error:`` lines."""
+    from mldiff import cli
+
+    code = cli.main([str(a) for a in argv])
+    err = capsys.readouterr().err
+    return code, [line for line in err.splitlines() if line.startswith("mldiff: error:")]

@@ -11,6 +11,7 @@ import torch
 import xarray as xr
 import yaml
 
+from helpers import run_cli
 from mldiff import cli, config, io
 
 SMALL = {
@@ -27,12 +28,6 @@ SMALL = {
 def merged(override):
     base = config.deep_merge(config.Params().model_dump(mode="json"), SMALL, depth=2)
     return config.deep_merge(base, override)
-
-
-def run_cli(capsys, argv):
-    code = cli.main([str(a) for a in argv])
-    err = capsys.readouterr().err
-    return code, [line for line in err.splitlines() if line.startswith("mldiff: error:")]
 
 
 @pytest.fixture(scope="module")

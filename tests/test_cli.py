@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from mldiff import cli
+from helpers import run_cli
 from mldiff.datasets import open_level
 
 SMALL = {
@@ -19,18 +19,11 @@ SMALL = {
 }
 
 
-def run_cli(capsys, *argv):
-    code = cli.main([str(a) for a in argv])
-    err = capsys.readouterr().err
-    errors = [line for line in err.splitlines() if line.startswith("mldiff: error:")]
-    return code, errors
-
-
 @pytest.fixture
 def raw(tmp_path, write_params, capsys):
     params = write_params(SMALL)
     out = tmp_path / "raw.nc"
-    assert run_cli(capsys, "simulate", "--params", params, "--out", out)[0] == 0
+    assert run_cli(capsys, ["simulate", "--params", params, "--out", out])[0] == 0
     return params, out
 
 
@@ -41,8 +34,8 @@ def test_simulate_then_store_round_trip(tmp_path, raw, capsys):
         assert ds.sizes["sample"] == 6 and list(ds["time"].values) == [0.5, 1.0]
         assert "git_revision" in ds.attrs and "params" in ds.attrs
     level = tmp_path / "level_8.nc"
-    code, _ = run_cli(capsys, "store", "--params", params, "--input", out, "--level", 8,
-                      "--out", level)
+    code, _ = run_cli(capsys, ["store", "--params", params, "--input", out, "--level", 8,
+                      "--out", level])
     assert code == 0
     ds = open_level(level)
     with xr.open_dataset(out) as source:
@@ -75,8 +68,8 @@ BAD_STORE = [
 def test_store_bad_input(tmp_path, raw, capsys, case, make_input, extra, expected):
     params, out = raw
     dest = tmp_path / "store" / "level_8.nc"
-    code, errors = run_cli(capsys, "store", "--params", params, "--input", make_input(out),
-                           *extra, "--out", dest)
+    code, errors = run_cli(capsys, ["store", "--params", params, "--input", make_input(out),
+                           *extra, "--out", dest])
     assert code == 2
     assert len(errors) == 1 and expected in errors[0]
     assert not dest.exists()
@@ -87,8 +80,8 @@ def test_store_with_wrong_species_names_the_file(tmp_path, raw, write_params, ca
     _, out = raw
     params = write_params({**SMALL, "store": {**SMALL["store"], "species": ["w"]}}, "p2.yaml")
     dest = tmp_path / "level_8.nc"
-    code, errors = run_cli(capsys, "store", "--params", params, "--input", out, "--level", 8,
-                           "--out", dest)
+    code, errors = run_cli(capsys, ["store", "--params", params, "--input", out, "--level", 8,
+                           "--out", dest])
     assert code == 2 and "raw.nc" in errors[0] and "'w'" in errors[0]
     assert not dest.exists()
 
@@ -106,16 +99,16 @@ BAD_PARAMS = [
 def test_simulate_bad_params(tmp_path, write_params, capsys, override, expected):
     params = write_params(override)
     out = tmp_path / "raw.nc"
-    code, errors = run_cli(capsys, "simulate", "--params", params, "--out", out)
+    code, errors = run_cli(capsys, ["simulate", "--params", params, "--out", out])
     assert code == 2 and len(errors) == 1 and expected in errors[0]
     assert not out.exists() and not list(tmp_path.glob(".*.tmp"))
 
 
 def test_preset_writes_valid_params_and_rejects_unknown(tmp_path, capsys):
     out = tmp_path / "params.yaml"
-    assert run_cli(capsys, "preset", "tiny", "--out", out)[0] == 0
+    assert run_cli(capsys, ["preset", "tiny", "--out", out])[0] == 0
     from mldiff import config
 
     assert config.load_params(out).pde.n == 32
-    code, errors = run_cli(capsys, "preset", "huge", "--out", tmp_path / "x.yaml")
+    code, errors = run_cli(capsys, ["preset", "huge", "--out", tmp_path / "x.yaml"])
     assert code == 2 and "preset 'huge'" in errors[0] and "tiny" in errors[0]
