@@ -1,4 +1,5 @@
-# mldiff workflow: params -> simulate -> store -> train -> sample -> evaluate -> report.
+# mldiff workflow: params -> simulate -> store (-> reference) -> train -> sample -> evaluate
+# -> report.
 # Every rule is a thin call of one `mldiff <step>` command; dvc.yaml calls the same commands.
 from snakemake.utils import min_version, validate
 
@@ -17,6 +18,7 @@ validate(config, "workflow/schemas/params.schema.json", set_default=False)
 include: "workflow/rules/common.smk"
 include: "workflow/rules/simulate.smk"
 include: "workflow/rules/store.smk"
+include: "workflow/rules/reference.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/sample.smk"
 include: "workflow/rules/evaluate.smk"

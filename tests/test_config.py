@@ -57,6 +57,17 @@ BAD = [
     ({"store": {"split": {"train": 0.5, "validation": 0.1, "test": 0.1}}}, "must be 1"),
     ({"store": {"species": []}}, "store.species:"),
     ({"data": {"source": {"path": "x.nc"}}}, "data.source.variables:"),
+    ({"reference": {"resolutions": [64]}}, "reference.resolutions: [64] must be finer than"),
+    ({"reference": {"resolutions": [96]}}, "reference.resolutions: expected powers of two"),
+    ({"reference": {"resolutions": [128, 128]}}, "reference.resolutions: expected distinct"),
+    ({"reference": {"train_samples": 0}}, "reference.train_samples:"),
+    ({"sample": {"resolutions": [16, 16]}}, "sample.resolutions: expected distinct"),
+    (
+        {"reference": {"resolutions": [128]},
+         "data": {"source": {"path": "x.nc", "variables": ["u"],
+                             "dims": {"sample": "s", "y": "y", "x": "x"}}}},
+        "reference.resolutions: data.source data cannot be re-simulated",
+    ),
     (
         {"data": {"source": {"path": "x.nc", "variables": ["u"],
                              "dims": {"sample": "s", "y": "y", "x": "x"},

@@ -18,6 +18,8 @@ import xarray as xr
 
 from mldiff import config, io
 from mldiff.datasets import build_level, canonical_dataset, normalize, open_level, prolong, restrict
+from mldiff.datasets.reference import reference_samples
+from mldiff.datasets.store import assemble_level
 from mldiff.diffusion import build_prior
 from mldiff.errors import MldiffError
 from mldiff.evaluate import evaluate, verdicts, write_report
@@ -177,6 +179,55 @@ def test_above_the_finest_level_samples_are_restricted_and_compared_there(study)
     expected = energy_distance(restrict(x, 2, "average", "neumann"), normalize(level, "test"))
     assert rows[("faithful", 32)]["compared_at"] == 16
     assert rows[("faithful", 32)]["energy_distance"] == pytest.approx(expected, rel=1e-5)
+
+
+def write_reference(root, train_samples: int = 6) -> None:
+    """A reference at 32 (the source grid) in the layout of `mldiff reference`: the store's
+    test split and first training samples, its codes and statistics (the exact functions
+    the store coarsened, as a perfectly converged simulation would give)."""
+    level = open_level(root / "store" / "level_16.nc")
+    keep = reference_samples(level, train_samples)
+    source = canonical_dataset({"u": draws(40, 0)}, length=2.0, origin=-1.0,
+                               boundary="neumann").sel(sample=keep)
+    stats = (level.norm_mean.values, level.norm_std.values)
+    attrs = {"coarsening": "none", "reference_law": "the source fields themselves",
+             "relative_l2_to_store": 0.0}
+    ds = assemble_level(source, {"u": source.u.values}, level.split.sel(sample=keep).values,
+                        stats, "copied from the store", attrs)
+    io.write_netcdf(ds, root / "reference" / "n32.nc")
+
+
+def test_a_simulated_reference_replaces_the_restriction_above_the_store(study, tmp_path):
+    root, params, _ = study
+    write_reference(root)
+    params = config.validate({**params.model_dump(mode="json"),
+                              "reference": {"resolutions": [32], "train_samples": 6}})
+    result = evaluate(params, root / "store", root / "samples", root / "models", tmp_path / "r",
+                      reference_dir=root / "reference", n_boot=N_BOOT, seed=3,
+                      samples_shown=2, progress=False)
+    rows = {(r["model"], r["resolution"]): r for r in result["rows"]}
+    assert {(r["resolution"], r["compared_at"], r["reference_data"]) for r in result["rows"]} \
+        == {(8, 8, "store"), (16, 16, "store"), (32, 32, "simulated")}
+    reference = open_level(root / "reference" / "n32.nc")
+    samples = xr.open_dataset(root / "samples" / "faithful" / "n32.nc")["u"].values
+    stats = reference.norm_mean.values.item(), reference.norm_std.values.item()
+    x = torch.from_numpy((samples[:, None] - stats[0]) / stats[1])
+    expected = energy_distance(x, normalize(reference, "test"))
+    assert rows[("faithful", 32)]["energy_distance"] == pytest.approx(expected, rel=1e-5)
+    assert rows[("heldout_vs_train", 32)]["n_samples"] == 6  # the reference's training samples
+    assert rows[("shifted", 32)]["energy_distance"] > 5 * rows[("faithful", 32)]["energy_distance"]
+    settings = json.loads((tmp_path / "r" / "evaluation.json").read_text())["settings"]
+    assert settings["simulated_references"]["32"]["reference_law"] == "the source fields themselves"
+    assert (settings["finest_level"], settings["finest_store_level"]) == (32, 16)
+    write_report(params, tmp_path / "r", tmp_path / "report.html")
+    assert "At 32x32 the test split and training samples were <b>simulated directly" in (
+        tmp_path / "report.html").read_text()
+    with pytest.raises(MldiffError, match="no reference folder was given"):
+        evaluate(params, root / "store", root / "samples", root / "models", tmp_path / "o",
+                 n_boot=0, progress=False)
+    with pytest.raises(MldiffError, match=r"empty[/\\]n32\.nc: file not found"):
+        evaluate(params, root / "store", root / "samples", root / "models", tmp_path / "o",
+                 reference_dir=tmp_path / "empty", n_boot=0, progress=False)
 
 
 def test_verdicts_judge_the_runs_and_label_the_resolution_bound_one(study):

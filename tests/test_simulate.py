@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from mldiff import io, spectral
+from mldiff.datasets import restrict
 from mldiff.errors import MldiffError
 from mldiff.pde import (
     TIGHT,
@@ -74,6 +75,43 @@ def test_time_zero_is_the_seeded_initial_condition():
         assert np.array_equal(ds.u.values[i, 0], u0) and np.array_equal(ds.v.values[i, 0], v0)
 
 
+def test_initial_grid_holds_the_draw_piecewise_constant_and_indices_select_samples():
+    coarse = simulate_dataset("fitzhugh_nagumo", None, 8, [0.0, 0.3], 4, 5, **FAST)
+    fine = simulate_dataset("fitzhugh_nagumo", None, 32, [0.0], [3, 1], 5, initial_grid=8,
+                            **FAST)
+    assert fine.sample.values.tolist() == [3, 1] and fine.attrs["initial_grid"] == 8
+    blocks = fine.u.values[:, 0].reshape(2, 8, 4, 8, 4)
+    assert np.array_equal(blocks, np.broadcast_to(blocks[:, :, :1, :, :1], blocks.shape))
+    assert np.array_equal(blocks[:, :, 0, :, 0], coarse.u.values[[3, 1], 0])
+    picked = simulate_dataset("fitzhugh_nagumo", None, 8, [0.0, 0.3], [3, 1], 5, **FAST)
+    np.testing.assert_array_equal(picked.v.values, coarse.v.values[[3, 1]])
+
+
+def _refinement_differences(initial_grid) -> list[float]:
+    """``‖R u_2n − u_n‖ / ‖u_n‖`` for n = 16, 32, 64 (FitzHugh–Nagumo, finite volume, t = 2.5,
+    a 0.5-wide box so that 16 cells resolve the pattern like 64 cells of the default box)."""
+    u = {
+        n: simulate_dataset(
+            "fitzhugh_nagumo", None, n, [2.5], 3, 0, length=0.5, origin=0.0,
+            laplacian="finite_volume", initial_grid=initial_grid(n), progress=False,
+        ).u.values[:, -1]
+        for n in (16, 32, 64, 128)
+    }
+    return [float(np.linalg.norm(restrict(u[2 * n], 2, "average", "neumann") - u[n])
+                  / np.linalg.norm(u[n])) for n in (16, 32, 64)]
+
+
+def test_refined_simulations_of_one_initial_function_converge_at_second_order():
+    """Held piecewise constant, one initial draw is one function: the grids converge to its
+    solution at the finite-volume Laplacian's order 2. White noise per cell is a new law per
+    grid: the fields do not converge."""
+    held = _refinement_differences(lambda n: 16)
+    orders = np.log2(np.array(held[:-1]) / np.array(held[1:]))
+    assert np.all((orders > 1.6) & (orders < 2.6)), (held, orders)
+    per_cell = _refinement_differences(lambda n: n)
+    assert min(per_cell) > 0.5 > held[0], (per_cell, held)
+
+
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 @pytest.mark.parametrize(("system", "boundary"), [("fitzhugh_nagumo", None), ("gray_scott", None)])
 def test_samples_are_bitwise_identical_across_batch_sizes(dtype, system, boundary):
@@ -141,6 +179,10 @@ def test_blow_up_raises_with_advice():
         ({"laplacian": "fd"}, "laplacian"),
         ({"boundary": "dirichlet"}, "boundary"),
         ({"n_samples": 0}, "n_samples"),
+        ({"n_samples": [1, 1]}, "n_samples"),
+        ({"n_samples": [-1]}, "n_samples"),
+        ({"initial_grid": 3}, "initial_grid"),
+        ({"initial_grid": 16}, "initial_grid"),
         ({"batch_size": 0}, "batch_size"),
         ({"seed": -1}, "seed"),
         ({"device": "gpu0"}, "device"),

@@ -84,6 +84,18 @@ def cmd_store(args: argparse.Namespace) -> None:
     log.info("wrote level %d to %s", args.level, args.out)
 
 
+def cmd_reference(args: argparse.Namespace) -> None:
+    """Simulate reference data on a grid finer than the store (reference.resolutions)."""
+    from mldiff.datasets.reference import build_reference
+
+    params = config.load_params(args.params)
+    level = args.store / f"level_{params.store.levels[-1]}.nc"
+    ds = build_reference(params, level, args.resolution)
+    io.write_netcdf(ds, args.out)
+    log.info("wrote %s (relative L2 difference to the store at its finest level: %.3g)",
+             args.out, ds.attrs["relative_l2_to_store"])
+
+
 def _level_paths(params: config.Params, store: Path) -> dict[int, Path]:
     return {n: store / f"level_{n}.nc" for n in params.store.levels}
 
@@ -153,7 +165,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
     params = config.load_params(args.params)
     evaluate(params, args.store, args.samples, args.models, args.out,
-             tolerance=params.evaluate.tolerance)
+             reference_dir=args.reference, tolerance=params.evaluate.tolerance)
     log.info("wrote results to %s", args.out)
 
 
@@ -207,6 +219,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, type=Path, help="level file (NetCDF)")
     p.set_defaults(func=cmd_store)
 
+    p = sub.add_parser("reference", help=cmd_reference.__doc__)
+    _params_arg(p)
+    p.add_argument("--store", required=True, type=Path, help="folder of level_<n>.nc files")
+    p.add_argument("--resolution", required=True, type=int, help="grid size n of the reference")
+    p.add_argument("--out", required=True, type=Path, help="reference file (NetCDF)")
+    p.set_defaults(func=cmd_reference)
+
     p = sub.add_parser("train", help=cmd_train.__doc__)
     _params_arg(p)
     p.add_argument("--run", required=True, help="name in train.runs")
@@ -228,6 +247,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--store", required=True, type=Path, help="folder of level_<n>.nc files")
     p.add_argument("--samples", required=True, type=Path, help="folder of <run>/n<res>.nc")
     p.add_argument("--models", required=True, type=Path, help="folder of <run>/train.json")
+    p.add_argument("--reference", type=Path, help="folder of n<res>.nc from `reference` "
+                   "(needed when reference.resolutions is set)")
     p.add_argument("--out", required=True, type=Path, help="results folder")
     p.set_defaults(func=cmd_evaluate)
 

@@ -34,6 +34,15 @@ def _is_power_of_two(n: int) -> bool:
     return n >= 1 and (n & (n - 1)) == 0
 
 
+def _distinct_powers_of_two(values: list[int]) -> list[int]:
+    bad = [n for n in values if not _is_power_of_two(n)]
+    if bad:
+        raise ValueError(f"expected powers of two, got {bad}")
+    if len(set(values)) != len(values):
+        raise ValueError(f"expected distinct values, got {values}")
+    return values
+
+
 class Section(BaseModel):
     """Base of every params section: unknown keys are errors, values are immutable."""
 
@@ -302,13 +311,7 @@ class SampleParams(Section):
     seed: Annotated[int, Field(ge=0)] = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
-    @field_validator("resolutions")
-    @classmethod
-    def _powers(cls, resolutions: list[int]) -> list[int]:
-        bad = [n for n in resolutions if not _is_power_of_two(n)]
-        if bad:
-            raise ValueError(f"expected powers of two, got {bad}")
-        return resolutions
+    _powers = field_validator("resolutions")(_distinct_powers_of_two)
 
 
 class EvaluateParams(Section):
@@ -318,6 +321,22 @@ class EvaluateParams(Section):
     seed: Annotated[int, Field(ge=0)] = 0
     samples_shown: Annotated[int, Field(ge=1, le=16)] = 4
     tolerance: Annotated[float, Field(gt=0)] = 1.5
+
+
+class ReferenceParams(Section):
+    """Reference data simulated directly on grids finer than the store (simulated PDE only).
+
+    For each of ``resolutions`` the ``reference`` step re-simulates the store's test split and
+    the first ``train_samples`` of its training split, every sample from its own initial
+    condition drawn on ``pde.n`` cells and held piecewise constant: the same functions, solved
+    on a finer grid (see :mod:`mldiff.datasets.reference`). Evaluation compares samples at
+    these grids with them instead of restricting the samples to the finest store level.
+    """
+
+    resolutions: list[Annotated[int, Field(le=4096)]] = []
+    train_samples: PosInt = 32
+
+    _powers = field_validator("resolutions")(_distinct_powers_of_two)
 
 
 class Params(Section):
@@ -343,6 +362,7 @@ class Params(Section):
     train: TrainParams = Field(default_factory=TrainParams)
     sample: SampleParams = Field(default_factory=SampleParams)
     evaluate: EvaluateParams = Field(default_factory=EvaluateParams)
+    reference: ReferenceParams = Field(default_factory=ReferenceParams)
 
     @model_validator(mode="after")
     def _consistent(self) -> Params:
@@ -368,6 +388,7 @@ class Params(Section):
                     f"store.time: {self.store.time} is not one of the saved pde.times "
                     f"{self.pde.times}"
                 )
+        self._check_reference()
         if self.train.batch_size % self.train.processes:
             raise ValueError(
                 f"train.batch_size: {self.train.batch_size} is not divisible by "
@@ -376,6 +397,17 @@ class Params(Section):
         for name, run in self.train.runs.items():
             self._check_run(name, run)
         return self
+
+    def _check_reference(self) -> None:
+        wanted = self.reference.resolutions
+        if wanted and self.data.source is not None:
+            raise ValueError("reference.resolutions: data.source data cannot be re-simulated on "
+                             "finer grids; leave it empty (samples are then compared at the "
+                             "finest store level)")
+        low = [n for n in wanted if n <= self.store.levels[-1] or n < self.pde.n]
+        if low:
+            raise ValueError(f"reference.resolutions: {low} must be finer than the finest store "
+                             f"level {self.store.levels[-1]} and at least pde.n = {self.pde.n}")
 
     def _check_run(self, name: str, run: RunSpec) -> None:
         key = f"train.runs.{name}"
@@ -525,9 +557,10 @@ STEP_PARAMS: dict[str, tuple[str, ...]] = {
     "store": ("store",),
     "train": ("diffusion", "priors", "networks", "train"),
     "sample": ("sample",),
-    "evaluate": ("store", "priors", "train", "sample", "evaluate"),
+    "reference": ("seed", "pde", "store", "reference"),
+    "evaluate": ("store", "priors", "train", "sample", "evaluate", "reference"),
     "report": ("pde", "data", "store", "diffusion", "priors", "networks", "train", "sample",
-               "evaluate"),
+               "evaluate", "reference"),
 }
 
 

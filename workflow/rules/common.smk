@@ -16,6 +16,8 @@ if mlconfig.validate(dict(config), "snakemake config") != PARAMS:
 RAW = "data/raw/simulation.nc"
 STORE = "data/store"
 LEVEL = STORE + "/level_{n}.nc"
+REFERENCE_DIR = "data/reference"
+REFERENCE = REFERENCE_DIR + "/n{n}.nc"
 MODELS = "data/models"
 MODEL = MODELS + "/{run}/model.pt"
 SAMPLES_DIR = "data/samples"
@@ -31,6 +33,10 @@ def step_params(step):
 
 def level_files():
     return expand(LEVEL, n=PARAMS.store.levels)
+
+def reference_files():
+    return expand(REFERENCE, n=PARAMS.reference.resolutions)
+
 
 def model_files():
     return expand(MODEL, run=PARAMS.train.runs)

@@ -2,6 +2,7 @@ rule evaluate:
     """The generalization matrix: every run x resolution against held-out data, with references."""
     input:
         level_files(),
+        reference_files(),
         sample_files(),
         expand(f"{MODELS}/{{run}}/train.json", run=PARAMS.train.runs),
         expand(f"{MODELS}/{{run}}/validation.csv", run=PARAMS.train.runs),
@@ -25,7 +26,8 @@ rule evaluate:
         runtime=60,
     shell:
         "mldiff --threads {threads} evaluate --params {params.file} --store {STORE}"
-        " --samples {SAMPLES_DIR} --models {MODELS} --out {RESULTS} 2> {log}"
+        " --samples {SAMPLES_DIR} --models {MODELS} --reference {REFERENCE_DIR}"
+        " --out {RESULTS} 2> {log}"
 
 
 rule report:

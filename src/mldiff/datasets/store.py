@@ -128,35 +128,51 @@ def build_level(
         if not std[-1] > 0:
             raise MldiffError(f"{where}: species {s!r} is constant on the training split")
 
-    boundary, length = source_ds.attrs["boundary"], float(source_ds.attrs["length"])
-    fields = {
-        s: xr.DataArray(
-            _coarsen(source_ds[s].values, factor, method, boundary),
-            attrs=source_ds[s].attrs,
-        )
-        for s in species
+    boundary = source_ds.attrs["boundary"]
+    fields = {s: _coarsen(source_ds[s].values, factor, method, boundary) for s in species}
+    attrs = {
+        "coarsening": method,
+        "coarsening_factor": factor,
+        "source_resolution": size,
+        "split_fractions": np.asarray(split, dtype=np.float64),
+        "split_seed": int(seed),
+        **provenance(params),
     }
+    stats = f"over the training split of the source grid (level {size})"
+    return assemble_level(source_ds, fields, codes, (mean, std), stats, attrs)
+
+
+def assemble_level(
+    source_ds: xr.Dataset,
+    fields: Mapping[str, np.ndarray],
+    codes: np.ndarray,
+    stats: tuple[Sequence[float], Sequence[float]],
+    stats_origin: str,
+    attrs: Mapping[str, Any],
+) -> xr.Dataset:
+    """A level Dataset (layout in the module docstring) from ``fields`` ``{species: (sample,
+    n, n)}`` on the geometry of ``source_ds``, whose attrs and variable attrs it inherits:
+    split ``codes`` per sample, ``stats = (mean, std)`` per species (``stats_origin`` says
+    over what), and ``attrs`` on top. The ``sample`` coordinate is ``source_ds``'s."""
+    length, n = float(source_ds.attrs["length"]), next(iter(fields.values())).shape[-1]
     ds = canonical_dataset(
-        fields,
+        {s: xr.DataArray(np.asarray(v, dtype=np.float32), attrs=source_ds[s].attrs)
+         for s, v in fields.items()},
         length=length,
         origin=float(source_ds.attrs["origin"]),
-        boundary=boundary,
+        boundary=source_ds.attrs["boundary"],
         coord_attrs=[source_ds[d].attrs for d in ("y", "x")],
         attrs={
             **source_ds.attrs,
             "level": int(n),
             "dx": length / n,
             "dy": length / n,
-            "coarsening": method,
-            "coarsening_factor": factor,
-            "source_resolution": size,
-            "species": " ".join(species),
-            "split_fractions": np.asarray(split, dtype=np.float64),
-            "split_seed": int(seed),
+            "species": " ".join(fields),
             "Conventions": "CF-1.10",
-            **provenance(params),
+            **attrs,
         },
     )
+    ds = ds.assign_coords(sample=("sample", source_ds["sample"].values, source_ds["sample"].attrs))
     ds["split"] = xr.DataArray(
         codes,
         dims="sample",
@@ -166,14 +182,11 @@ def build_level(
             "flag_meanings": " ".join(SPLITS),
         },
     )
-    stat_attrs = f"over the training split of the source grid (level {size})"
-    ds["norm_mean"] = xr.DataArray(
-        np.array(mean), dims="species", attrs={"long_name": f"mean {stat_attrs}"}
-    )
-    ds["norm_std"] = xr.DataArray(
-        np.array(std), dims="species", attrs={"long_name": f"standard deviation {stat_attrs}"}
-    )
-    return ds.assign_coords(species=("species", np.array(species, dtype=object)))
+    for name, values, what in (("norm_mean", stats[0], "mean"), ("norm_std", stats[1],
+                                                                  "standard deviation")):
+        ds[name] = xr.DataArray(np.array(values, dtype=np.float64), dims="species",
+                                attrs={"long_name": f"{what} {stats_origin}"})
+    return ds.assign_coords(species=("species", np.array(list(fields), dtype=object)))
 
 
 def open_level(path: str | os.PathLike) -> xr.Dataset:

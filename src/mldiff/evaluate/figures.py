@@ -55,9 +55,11 @@ def sample_grid(
     panels: Sequence[tuple[str, np.ndarray]],
     scale: tuple[float, float],
     species: str,
+    simulated: bool = False,
 ) -> str:
-    """Rows of fields ``(k, n, n)`` (physical units), the held-out data first, on one colour
-    scale ``(low, high)``. Returns the caption."""
+    """Rows of fields ``(k, n, n)`` (physical units), the held-out data first (on ``grid``;
+    ``simulated``: a reference simulated there), on one colour scale ``(low, high)``.
+    Returns the caption."""
     cols = max(len(fields) for _, fields in panels)
     fig = Figure(figsize=(1.5 * cols + 2.4, 1.45 * len(panels) + 0.5), layout="constrained")
     axes = fig.subplots(len(panels), cols, squeeze=False)
@@ -75,11 +77,13 @@ def sample_grid(
     fig.suptitle(f"{resolution}x{resolution}", fontsize=10)
     _save(fig, path)
     where = (
-        f" Held-out fields are at {grid}x{grid}, the finest store level: samples at "
+        f" Held-out fields are at {grid}x{grid}, the finest grid with data: samples at "
         f"{resolution}x{resolution} are compared after restriction to it."
         if grid < resolution else ""
     )
-    return (f"Fields at {resolution}x{resolution}: the first {cols} of the held-out test split, "
+    data = ("the test split simulated directly at this resolution (reference)" if simulated
+            else "the held-out test split")
+    return (f"Fields at {resolution}x{resolution}: the first {cols} of {data}, "
             f"of each model and of naive upsampling (species {species}, physical units), on one "
             f"colour scale (1st-99th percentile of all held-out values).{where}")
 
@@ -119,7 +123,7 @@ def spectra(
     return (f"Radially averaged power spectra of species {species} (shell sums of |u_k|^2 on "
             "the unit-area domain, normalized units), one panel per sample resolution: models "
             "(colours), the held-out test split the column is compared with (black; at the "
-            "finest store level when the resolution is above it) and naive spectral upsampling "
+            "finest grid with data when the resolution is above it) and naive spectral upsampling "
             "of the training data (grey, dashed; it has no energy above its training grid).")
 
 

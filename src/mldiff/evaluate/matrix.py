@@ -1,12 +1,14 @@
 """The generalization matrix: every run's samples at every resolution against held-out data.
 
 Cells. A run's samples at resolution ``b`` (``<samples>/<run>/n<b>.nc``) are compared with the
-*test* split of the store at ``g = min(b, F)``, ``F`` the finest store level (the
-``compared_at`` column): the level file at ``g``, or, when ``g`` is not a level, the next finer
-level restricted to ``g`` (block averages and spectral truncations compose, so this is the field
-the store would hold at ``g``). Above ``F`` there are no data: the samples are restricted to
-``F`` with the store's value-preserving ``store.method`` (as the store makes its levels) and
-compared there, while their power spectrum is still taken at ``b``.
+*test* split at ``g = min(b, F)``, ``F`` the finest grid with data (the ``compared_at``
+column): the data grid at ``g``, or, when ``g`` is none, the next finer one restricted to ``g``
+(block averages and spectral truncations compose, so this is the field the store would hold at
+``g``). Data grids are the store levels and the references simulated directly on finer grids
+(``reference.resolutions``, :mod:`mldiff.datasets.reference`; column ``reference_data``:
+``store`` or ``simulated``). Above ``F`` there are no data: the samples are restricted to ``F``
+with the store's value-preserving ``store.method`` (as the store makes its levels) and compared
+there, while their power spectrum is still taken at ``b``.
 
 Units. Fields are compared normalized, ``(u_c − mean_c) / std_c`` with the store's training
 statistics (O(1) scales, one channel per species). Distances use the unit-area L² norm of
@@ -19,7 +21,8 @@ two spectra share (it grows with the grid).
 
 Reference rows, on the same grids under the same rule:
 
-* ``heldout_vs_train``: training fields against test fields (the floor: sampling noise);
+* ``heldout_vs_train``: training fields against test fields (the floor: sampling noise; at a
+  simulated grid both are simulated there);
 * ``prior_<name>``: draws of ``N(0, Q)`` of each prior a run uses, i.e. an untrained model
   (the ceiling; in physical units ``mean + std · draw``);
 * ``naive_upsampling_from_<a>``: training fields at each run's finest level ``a``, prolonged
@@ -64,7 +67,7 @@ FLOOR = "heldout_vs_train"
 HELDOUT = "heldout_test"
 COLUMNS = (
     "model", "kind", "network", "prior", "schedule", "train_level", "resolution",
-    "compared_at", "resampled_from", "n_samples", "n_reference", "process",
+    "compared_at", "reference_data", "resampled_from", "n_samples", "n_reference", "process",
     "sampling_s_per_sample", "network_points_per_sample",
 )
 # The metrics kept in metrics.json (matrix.csv has all of compare's); per-channel ones may
@@ -84,7 +87,12 @@ SPECTRUM_COLUMNS = ("model", "resolution", "species", "wavenumber", "energy")
 
 @dataclass(frozen=True)
 class Store:
-    """Normalized fields ``(N, C, n, n)`` of every store level, by split, and the geometry."""
+    """Normalized fields ``(N, C, n, n)`` by split and grid, and the geometry.
+
+    Grids are the store levels and the simulated references (:mod:`mldiff.datasets.reference`,
+    listed in ``simulated`` with their attrs ``reference_law`` and ``relative_l2_to_store``);
+    references hold the train and test splits only.
+    """
 
     fields: dict[str, dict[int, torch.Tensor]]
     boundary: str
@@ -92,18 +100,27 @@ class Store:
     species: tuple[str, ...]
     method: str
     stats: tuple[tuple[float, ...], tuple[float, ...]]
+    simulated: dict[int, dict[str, Any]]
 
     @classmethod
-    def load(cls, params: Params, store_dir: Path) -> Store:
-        """The train and test splits of ``store_dir/level_<n>.nc`` for every ``store.levels``."""
+    def load(cls, params: Params, store_dir: Path, reference_dir: Path | None = None) -> Store:
+        """The train and test splits of ``store_dir/level_<n>.nc`` for every ``store.levels``
+        and of ``reference_dir/n<n>.nc`` for every ``reference.resolutions``."""
+        paths = {n: Path(store_dir) / f"level_{n}.nc" for n in params.store.levels}
+        if params.reference.resolutions and reference_dir is None:
+            raise MldiffError("reference.resolutions: set, but no reference folder was given "
+                              "(mldiff evaluate --reference)")
+        simulated = {n: Path(reference_dir or "") / f"n{n}.nc"
+                     for n in params.reference.resolutions}
         fields: dict[str, dict[int, torch.Tensor]] = {"train": {}, "test": {}}
-        geometry = None
-        for n in params.store.levels:
-            path = Path(store_dir) / f"level_{n}.nc"
+        geometry, laws = None, {}
+        for n, path in {**paths, **simulated}.items():
             ds = open_level(path)
-            if ds.attrs["coarsening"] != params.store.method:
-                raise MldiffError(f"{path}: coarsened by {ds.attrs['coarsening']!r}, but "
-                                  f"store.method is {params.store.method!r}; rebuild the store")
+            method = params.store.method if n in paths else "none"
+            if ds.attrs["coarsening"] != method or int(ds.attrs["level"]) != n:
+                raise MldiffError(f"{path}: level {ds.attrs['level']} coarsened by "
+                                  f"{ds.attrs['coarsening']!r}, expected level {n} by {method!r} "
+                                  "(store.method; none for a reference); rebuild it")
             here = (
                 str(ds.attrs["boundary"]), float(ds.attrs["length"]),
                 tuple(str(ds.attrs["species"]).split()),
@@ -111,8 +128,10 @@ class Store:
                  tuple(map(float, ds["norm_std"].values))),
             )
             if geometry is not None and here != geometry:
-                raise MldiffError(f"{path}: geometry or statistics differ from the other levels")
+                raise MldiffError(f"{path}: geometry or statistics differ from the store levels")
             geometry = here
+            if n in simulated:
+                laws[n] = {k: ds.attrs[k] for k in ("reference_law", "relative_l2_to_store")}
             for split in fields:
                 fields[split][n] = normalize(ds, split)
                 if len(fields[split][n]) < 2:
@@ -121,20 +140,29 @@ class Store:
                         f"evaluation needs at least 2 (store.split.{split})"
                     )
         boundary, length, species, stats = geometry
-        return cls(fields, boundary, length, species, params.store.method, stats)
+        return cls(fields, boundary, length, species, params.store.method, stats, laws)
 
     @property
     def finest(self) -> int:
+        """The finest grid with data: the finest store level or simulated reference."""
         return max(self.fields["test"])
 
     def grid(self, n: int) -> int:
-        """Where fields on an ``n × n`` grid are compared: ``min(n, finest level)``."""
+        """Where fields on an ``n × n`` grid are compared: ``min(n, finest)``."""
         return min(n, self.finest)
 
+    def source(self, n: int) -> int:
+        """The data grid that :meth:`at` restricts to ``grid(n)``: the next finer one."""
+        return min(m for m in self.fields["test"] if m >= self.grid(n))
+
+    def label(self, n: int) -> str:
+        """Where the data at ``grid(n)`` come from: ``store`` or ``simulated``."""
+        return "simulated" if self.source(n) in self.simulated else "store"
+
     def at(self, split: str, n: int) -> torch.Tensor:
-        """The split on grid ``grid(n)``: its level, or the next finer level restricted."""
-        g = self.grid(n)
-        level = min(m for m in self.fields[split] if m >= g)
+        """The split on grid ``grid(n)``: its data grid, or the next finer one restricted by
+        ``store.method``."""
+        g, level = self.grid(n), self.source(n)
         return restrict(self.fields[split][level], level // g, self.method, self.boundary)
 
     def to_grid(self, x: torch.Tensor) -> torch.Tensor:
@@ -186,7 +214,8 @@ class Matrix:
         for b in resolutions:
             g = store.grid(b)
             self.spectra += _spectrum_records(HELDOUT, b, self.test_spectra[g], store.species)
-            self.show(b, f"held-out test ({g}x{g})", self.test[g])
+            what = "simulated reference" if store.label(b) == "simulated" else "held-out test"
+            self.show(b, f"{what} ({g}x{g})", self.test[g])
 
     def spectrum(self, x: torch.Tensor) -> Spectrum:
         return power_spectrum(x, self.store.length, self.store.boundary)
@@ -236,7 +265,8 @@ class Matrix:
                         row["model"], b)
         else:
             self.spectra += _spectrum_records(row["model"], b, spectrum, self.store.species)
-        self.rows.append({**row, "resolution": b, "compared_at": g, "n_samples": len(x),
+        self.rows.append({**row, "resolution": b, "compared_at": g,
+                          "reference_data": self.store.label(b), "n_samples": len(x),
                           "n_reference": len(self.test[g]), **metrics})
 
 
@@ -486,6 +516,7 @@ def evaluate(
     models_dir: Path,
     out_dir: Path,
     *,
+    reference_dir: Path | None = None,
     n_boot: int | None = None,
     seed: int | None = None,
     samples_shown: int | None = None,
@@ -497,7 +528,8 @@ def evaluate(
     ``n_boot``, ``seed`` and ``samples_shown`` default to ``params.evaluate``; ``tolerance``
     is the factor of :func:`verdicts`.
 
-    Reads the store levels, every ``<samples_dir>/<run>/n<b>.nc`` of ``train.runs`` ×
+    Reads the store levels, the simulated references ``<reference_dir>/n<b>.nc`` of
+    ``reference.resolutions``, every ``<samples_dir>/<run>/n<b>.nc`` of ``train.runs`` ×
     ``sample.resolutions`` and each run's ``train.json``/``validation.csv`` in
     ``<models_dir>/<run>/`` (not ``model.pt``). Writes ``metrics.json``, ``matrix.csv``,
     ``spectra.csv``, ``metric_vs_resolution.csv``, ``evaluation.json`` (settings and
@@ -513,7 +545,7 @@ def evaluate(
     runs = params.train.runs
     if REFERENCE in runs:
         raise MldiffError(f"train.runs: the name {REFERENCE!r} is reserved by the evaluation")
-    store = Store.load(params, store_dir)
+    store = Store.load(params, store_dir, reference_dir)
     groups = {run: f"{spec.network} / {spec.prior}" for run, spec in runs.items()}
     top = {}  # finest training level of each network/prior group: the curves' common level
     for run, spec in runs.items():
@@ -531,7 +563,9 @@ def evaluate(
         _reference_rows(matrix, params, seed, bar)
     rows = matrix.rows
     settings = {"n_boot": n_boot, "seed": seed, "tolerance": tolerance, "band": matrix.band,
-                "finest_level": store.finest, "method": store.method, "units": "normalized",
+                "finest_level": store.finest, "finest_store_level": params.store.levels[-1],
+                "simulated_references": {str(n): law for n, law in store.simulated.items()},
+                "method": store.method, "units": "normalized",
                 "reference_size": params.sample.n_samples}
     verdict = verdicts(rows, tolerance)
     metrics = metrics_json(rows, training)
@@ -547,7 +581,7 @@ def evaluate(
     captions = [
         (f"samples_n{b}.png", figures.sample_grid(
             fig_dir / f"samples_n{b}.png", b, store.grid(b), matrix.shown[b],
-            matrix.colour_scale(b), species))
+            matrix.colour_scale(b), species, store.label(b) == "simulated"))
         for b in resolutions
     ]
     captions += [

@@ -154,14 +154,24 @@ def _setup(params: Params, settings: Mapping[str, Any]) -> str:
 
 def _rule(settings: Mapping[str, Any]) -> str:
     f, method, band = settings["finest_level"], settings["method"], settings["band"]
+    store, simulated = settings["finest_store_level"], settings["simulated_references"]
+    references = "".join(
+        f"<p>At {n}x{n} the test split and training samples were <b>simulated directly</b> "
+        f"(column <i>reference data</i> = simulated): {html.escape(law['reference_law'])}. "
+        f"Restricted to {store}x{store} they differ from the store's fields of the same "
+        f"samples by {law['relative_l2_to_store']:.3g} (relative L²): the store's own "
+        "discretization error, seen from the finer grid.</p>"
+        for n, law in simulated.items()
+    )
     return f"""
 <p>Samples drawn at resolution <i>b</i> are compared with the held-out <b>test</b> split at
-<i>g</i> = min(<i>b</i>, {f}), {f} being the finest store level (column <i>compared at</i>).
-Levels are coarsenings of one simulation, so they share one law and are the reference for
-every resolution up to {f}. Above {f} there is no data: <b>samples at <i>b</i> &gt; {f} are
-restricted to {f}x{f} by the store's own value-preserving method ({method}) and compared
-there</b> (marked † below); their power spectrum is still computed at <i>b</i> and compared
-with the data's over the shells both grids resolve.</p>
+<i>g</i> = min(<i>b</i>, {f}), {f} being the finest grid with data (column <i>compared at</i>).
+Store levels (up to {store}) are coarsenings of one simulation, so they share one law and are
+the reference for every resolution up to {store}.</p>{references}
+<p>Above {f} there is no data: <b>samples at <i>b</i> &gt; {f} are restricted to {f}x{f} by the
+store's own value-preserving method ({method}) and compared there</b> (marked † below); their
+power spectrum is still computed at <i>b</i> and compared with the data's over the shells both
+grids resolve.</p>
 <p>Fields are compared in normalized units (u − mean) / std with the store's training
 statistics. Distances use the L² norm on the domain rescaled to unit area, so values at
 different resolutions are comparable: energy distance (unbiased, may be slightly negative),
@@ -210,14 +220,14 @@ def _matrix(rows: Sequence[Mapping[str, Any]], resolutions: Sequence[int]) -> st
 
 def _details(rows: Sequence[Mapping[str, Any]]) -> str:
     """Every cell with the main metrics; ``data-model``/``data-resolution`` on each row."""
-    header = ["row", "n", "compared at", "energy distance", "MMD²", "sliced W₂",
+    header = ["row", "n", "compared at", "reference data", "energy distance", "MMD²", "sliced W₂",
               "spectrum error (band)", "spectrum error (all shells)",
               "wavelength samples / data", "variance samples / data",
               "Vendi samples / data", "samples / data", "process",
               "sampling s / sample", "network grid points / sample"]
     body = [
         ({"class": r["kind"], "data-model": r["model"], "data-resolution": str(r["resolution"])},
-         [r["model"], str(r["resolution"]), str(r["compared_at"]),
+         [r["model"], str(r["resolution"]), str(r["compared_at"]), str(r["reference_data"]),
           _interval(r, "energy_distance"), _interval(r, "mmd2"), _interval(r, "sliced_w2"),
           _fmt(r.get("spectrum_log_error")), _fmt(r.get("spectrum_log_error_full")),
           *(f"{_fmt(_get(r, f'{k}_samples'))} / {_fmt(_get(r, f'{k}_reference'))}"
@@ -280,7 +290,7 @@ def write_report(params: Params, results_dir: Path, out: Path) -> None:
         "<h2>Comparison rule</h2>", _rule(settings),
         "<h2>Generalization matrix</h2>",
         "<p>Energy distance [95% interval] and spectrum error (band) per run and sample "
-        "resolution; † compared after restriction to the finest store level.</p>",
+        "resolution; † compared after restriction to the finest grid with data.</p>",
         _matrix(models, resolutions),
         "<h3>Reference rows</h3>", _matrix(references, resolutions),
         "<h3>All metrics</h3>", _details(rows),

@@ -182,9 +182,10 @@ def simulate_dataset(
     parameters: Mapping[str, Any] | None,
     n: int,
     times: Sequence[float],
-    n_samples: int,
+    n_samples: int | Sequence[int],
     seed: int,
     *,
+    initial_grid: int | None = None,
     length: float = 2.0,
     origin: float = -1.0,
     boundary: str | None = None,
@@ -197,54 +198,77 @@ def simulate_dataset(
     device: str = "auto",
     progress: bool = True,
 ) -> xr.Dataset:
-    """Simulate ``n_samples`` trajectories on ``n × n`` cells of ``[origin, origin + length]²``.
+    """Simulate trajectories on ``n × n`` cells of ``[origin, origin + length]²``.
 
-    Sample ``i`` starts from ``system.initial_condition(n, seed + i, length, origin)``; the
-    step schedule depends on the settings only, so its result does not depend on ``batch_size``
-    (bitwise on CPU for a given thread count; tested for FitzHugh–Nagumo and Gray–Scott).
-    Returns dims ``(sample, time, y, x)``, one variable per species, snapshots only at ``times``
-    (strictly increasing, ``>= 0``; 0 gives the initial state). Working memory is bounded by
-    ``batch_size`` samples integrated at once; ``device="auto"`` picks CUDA when available.
+    ``n_samples`` is a count ``N`` (samples ``0 … N−1``) or the sample indices themselves.
+    Sample ``i`` starts from ``u0 = system.initial_condition(m, seed + i, length, origin)``
+    drawn on ``m = initial_grid`` cells (default ``n``) and held piecewise constant on the
+    ``n × n`` cells (``n`` a multiple of ``m``): with a fixed ``m`` every ``n`` discretizes the
+    same initial *function*, so finer grids converge to one continuum law (second order in
+    ``h`` for the finite-volume Laplacian) instead of a new law per grid (white noise per
+    cell). The step schedule depends on the settings only, so the result does not depend on
+    ``batch_size`` (bitwise on CPU for a given thread count; tested for FitzHugh–Nagumo and
+    Gray–Scott). Returns dims ``(sample, time, y, x)`` with the indices as ``sample``
+    coordinate, one variable per species, snapshots only at ``times`` (strictly increasing,
+    ``>= 0``; 0 gives the initial state). Working memory is bounded by ``batch_size`` samples
+    integrated at once; ``device="auto"`` picks CUDA when available.
     """
     system = _system(system, parameters)
     times = _check_times(times)
     if dtype not in DTYPES:
         raise MldiffError(f"dtype: expected one of {sorted(DTYPES)}, got {dtype!r}")
-    for name, value, low in (
-        ("n_samples", n_samples, 1),
-        ("seed", seed, 0),
-        ("batch_size", batch_size, 1),
-    ):
+    indices = _indices(n_samples)
+    for name, value, low in (("seed", seed, 0), ("batch_size", batch_size, 1)):
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             raise MldiffError(f"{name}: expected an integer >= {low}, got {value!r}")
+    m = n if initial_grid is None else initial_grid
+    if not (isinstance(m, int) and 1 <= m <= n and n % m == 0):
+        raise MldiffError(f"initial_grid: expected an integer dividing n = {n}, got {m!r}")
     torch_device = _device(device)
     boundary = boundary or system.boundary
     stepper = _stepper(system, n, length, boundary, laplacian, DTYPES[dtype], torch_device)
     dt0 = resolve_dt0(system, n, length, dt0, dt_max)
     schedule = step_schedule(times, dt_max, dt0, ramp_steps)
     steps = _step_text(dt_max, dt0, ramp_steps)
-    data = np.empty((len(system.species), n_samples, len(times), n, n), dtype=dtype)
-    with tqdm(total=n_samples, unit="sample", desc=system.name, disable=not progress) as bar:
-        for start in range(0, n_samples, batch_size):
-            stop = min(start + batch_size, n_samples)
-            u0 = np.stack(
-                [system.initial_condition(n, seed + i, length, origin) for i in range(start, stop)]
-            )
+    count = len(indices)
+    data = np.empty((len(system.species), count, len(times), n, n), dtype=dtype)
+    with tqdm(total=count, unit="sample", desc=system.name, disable=not progress) as bar:
+        for start in range(0, count, batch_size):
+            batch = indices[start : start + batch_size]
+            u0 = np.stack([system.initial_condition(m, seed + i, length, origin) for i in batch])
+            u0 = u0.repeat(n // m, axis=-2).repeat(n // m, axis=-1)
             u0 = torch.from_numpy(u0).to(device=torch_device, dtype=DTYPES[dtype])
-            what = f"samples {start}-{stop - 1}, {steps}"
+            what = f"samples {batch[0]}-{batch[-1]}, {steps}"
             result = _run(stepper, u0, times, schedule, what)
-            data[:, start:stop] = result.permute(2, 0, 1, 3, 4).cpu().numpy()
-            bar.update(stop - start)
+            data[:, start : start + len(batch)] = result.permute(2, 0, 1, 3, 4).cpu().numpy()
+            bar.update(len(batch))
     return _dataset(
-        system, data, times, seed, length, origin, boundary, laplacian, steps, dtype, torch_device
+        system, data, indices, times, seed, m, length, origin, boundary, laplacian, steps, dtype,
+        torch_device,
+    )
+
+
+def _indices(n_samples: int | Sequence[int]) -> list[int]:
+    """``N`` → ``[0, …, N−1]``; a sequence of distinct integers ``>= 0`` as given."""
+    if isinstance(n_samples, int) and not isinstance(n_samples, bool):
+        if n_samples >= 1:
+            return list(range(n_samples))
+    elif isinstance(n_samples, Sequence | np.ndarray):
+        values = [int(i) for i in n_samples if isinstance(i, int | np.integer)]
+        if values and len(values) == len(n_samples) == len(set(values)) and min(values) >= 0:
+            return values
+    raise MldiffError(
+        f"n_samples: expected an integer >= 1 or distinct sample indices >= 0, got {n_samples!r}"
     )
 
 
 def _dataset(
     system: ReactionDiffusionSystem,
     data: np.ndarray,
+    indices: list[int],
     times: list[float],
     seed: int,
+    initial_grid: int,
     length: float,
     origin: float,
     boundary: str,
@@ -257,7 +281,7 @@ def _dataset(
     n = data.shape[-1]
     centres = spectral.cell_centres(n, length, origin).numpy()
     coords = {
-        "sample": ("sample", np.arange(data.shape[1]), {"long_name": "sample index"}),
+        "sample": ("sample", np.asarray(indices), {"long_name": "sample index"}),
         "time": (
             "time",
             np.asarray(times),
@@ -285,6 +309,7 @@ def _dataset(
         "steps": steps,
         "dtype": dtype,
         "seed": seed,
+        "initial_grid": initial_grid,
     }
     attrs: dict[str, Any] = {
         "title": f"{system.name} reaction-diffusion simulation",
@@ -300,6 +325,9 @@ def _dataset(
         "seed": seed,
         "seed_convention": "sample i starts from the initial condition drawn with seed + i "
         "(numpy.random.default_rng(seed + i))",
+        "initial_grid": initial_grid,
+        "initial_condition": f"{system.name} initial condition drawn on {initial_grid}x"
+        f"{initial_grid} cells, held piecewise constant on the {n}x{n} cells",
         **provenance(settings),
     }
     if system.preset is not None:
