@@ -11,7 +11,7 @@ import torch
 
 from helpers import DATA_SCALE, gaussian_store, params_for
 from mldiff import config
-from mldiff.datasets import open_level
+from mldiff.datasets import normalize, open_level
 from mldiff.diffusion import GaussianScore, build_prior
 from mldiff.errors import MldiffError
 from mldiff.train import load_checkpoint, load_model, train_run
@@ -133,6 +133,27 @@ def test_dimvarying_trains_and_samples_on_fewer_grid_points(tmp_path, network):
         assert np.isfinite(ds["u"].values).all()
         points[process] = int(ds.attrs["network_points"])
     assert points["dimvarying"] < 0.7 * points["vp"]
+
+
+def test_auto_switch_times_are_chosen_from_the_training_data_and_kept_for_sampling(tmp_path):
+    from mldiff.diffusion import switch_times_from_data
+    from mldiff.sample import generate
+
+    paths = gaussian_store(tmp_path, samples=24)
+    raw = params_for((8, 16), [[16, 2]]).model_dump(mode="json")
+    raw["networks"]["fno"]["params"]["modes"] = 4
+    raw["diffusion"] = {"process": "dimvarying",
+                        "options": {"factors": [2], "switch_times": "auto"}}
+    out = tmp_path / "model.pt"
+    train_run(config.validate(raw), "run", paths, out, tmp_path / "c.pt", progress=False)
+    level = open_level(paths[16])
+    expected = switch_times_from_data(normalize(level, "train"),
+                                      build_prior("matern", gamma=1.5, length=2.0), "neumann",
+                                      [2])
+    assert 0 < expected[0] < 1
+    ds = generate(out, 16, sampler="em", steps=10, n_samples=2, batch_size=2, seed=0,
+                  device="cpu", progress=False)
+    assert json.loads(ds.attrs["process"])["options"]["switch_times"] == expected
 
 
 @pytest.mark.parametrize("process", ["cld", "malda"])

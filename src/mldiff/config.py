@@ -203,9 +203,18 @@ class ProcessParams(Section):
         return self
 
     def kwargs(self) -> dict[str, Any]:
-        """Keyword arguments of ``build_process`` besides the name, prior and boundary."""
+        """Keyword arguments of ``build_process`` besides the name, prior and boundary.
+
+        ``switch_times: auto`` (dimensionality-varying diffusion) is chosen from the training
+        data by ``mldiff train``; until then evenly spaced times stand in (validation and grid
+        sizes do not depend on them).
+        """
+        options = dict(self.options)
+        factors = options.get("factors", [2, 4])
+        if options.get("switch_times") == "auto" and isinstance(factors, list):
+            options["switch_times"] = [(k + 1) / (len(factors) + 1) for k in range(len(factors))]
         return {"beta_min": self.beta_min, "beta_max": self.beta_max, "t_min": self.t_min,
-                **self.options}
+                **options}
 
 
 class PriorSpec(Section):

@@ -46,6 +46,7 @@ from mldiff.diffusion import (
     build_prior,
     build_process,
     elbo_report,
+    switch_times_from_data,
 )
 from mldiff.errors import MldiffError
 from mldiff.models import build_model, count_parameters, estimate_flops
@@ -163,6 +164,26 @@ def run_spec(params: Params, run: str) -> dict[str, Any]:
         "process": params.diffusion.model_dump(mode="json"),
         "schedule": [list(stage) for stage in spec.schedule],
     }
+
+
+def resolve_switch_times(spec: dict[str, Any], data: Data) -> dict[str, Any]:
+    """``spec`` with ``switch_times: auto`` replaced by :func:`switch_times_from_data` of the
+    normalized training fields at the run's finest level (the model file keeps the times, so
+    sampling uses them); other specs unchanged."""
+    process = spec["process"]
+    options = process.get("options", {})
+    if options.get("switch_times") != "auto":
+        return spec
+    n = int(spec["schedule"][-1][0])
+    prior = build_prior(spec["prior"]["name"], length=data.geometry["length"],
+                        **spec["prior"]["params"])
+    times = switch_times_from_data(
+        data.train[n], prior, data.geometry["boundary"], options.get("factors", [2, 4]),
+        beta_min=process["beta_min"], beta_max=process["beta_max"],
+        method=options.get("method", "spectral"),
+    )
+    log.info("switch times chosen from the training data at level %d: %s", n, times)
+    return {**spec, "process": {**process, "options": {**options, "switch_times": times}}}
 
 
 def build_components(
@@ -287,7 +308,7 @@ class Trainer:
     def __init__(self, params: Params, run: str, data: Data, checkpoint: Path) -> None:
         self.cfg = cfg = params.train
         self.run, self.data, self.checkpoint = run, data, checkpoint
-        self.spec = run_spec(params, run)
+        self.spec = resolve_switch_times(run_spec(params, run), data)
         self.key = _checkpoint_key(self.spec, cfg.model_dump(mode="json"))
         self.dist = Distributed(pick_device(cfg.device))
         device = self.device = self.dist.device
