@@ -91,7 +91,8 @@ def test_slurm_profile_submits_every_rule_and_matches_a_local_run(project, tmp_p
     submitted = re.findall(r"has been submitted with SLURM jobid (\d+)", out)
     assert sorted(submitted, key=int) == [job["JobId"] for job in jobs]
     assert Counter(rule_of(job) for job in jobs) == {
-        "simulate": 1, "store": len(params["store"]["levels"]), "train": 1,
+        "simulate": 1, "store": len(params["store"]["levels"]),
+        "reference": len(params["reference"]["resolutions"]), "train": 1,
         "sample": len(params["sample"]["resolutions"]), "evaluate": 1, "report": 1,
     }
     for job in jobs:
