@@ -8,7 +8,7 @@
 Both runs use the same FitzHugh-Nagumo store, network, prior and optimizer settings; times are
 the trainer's own per-step wall clock (validation excluded), read from validation.csv.
 
-    python tests/benchmarks/bench_training.py [--steps 600] [--threads 2]
+    python tests/benchmarks/bench_training.py [--steps 1500] [--threads 2]
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ def curve(model: Path, level: int) -> list[tuple[float, float]]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=600)
+    parser.add_argument("--steps", type=int, default=1500)
     parser.add_argument("--coarse-share", type=float, default=0.75)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--samples", type=int, default=128)
