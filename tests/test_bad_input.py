@@ -199,7 +199,8 @@ def test_bad_outside_data(built, tmp_path, capsys, file_kw, block, expected):
     source = {"path": path, **SOURCE, **block}
     params = tmp_path / "params.yaml"
     params.write_text(yaml.safe_dump(merged({"data": {"source": source},
-                                             "store": {"species": source["variables"]}})))
+                                             "store": {"species": source["variables"]},
+                                             "reference": {"resolutions": []}})))
     out = tmp_path / "raw.nc"
     code, errors = run_cli(capsys, ["simulate", "--params", params, "--out", out])
     assert code != 0 and len(errors) == 1 and expected in errors[0], errors
@@ -210,7 +211,8 @@ def test_outside_data_with_indivisible_grid_names_the_level(built, tmp_path, cap
     path = source_file(tmp_path, "mine.nc", shape=(8, 12, 12))
     params = tmp_path / "params.yaml"
     params.write_text(yaml.safe_dump(merged({"data": {"source": {"path": path, **SOURCE}},
-                                             "store": {"species": ["conc"]}})))
+                                             "store": {"species": ["conc"]},
+                                             "reference": {"resolutions": []}})))
     assert run_cli(capsys, ["simulate", "--params", params, "--out", tmp_path / "raw.nc"])[0] == 0
     out = tmp_path / "level_8.nc"
     code, errors = run_cli(capsys, ["store", "--params", params, "--input", tmp_path / "raw.nc",

@@ -91,7 +91,8 @@ BAD_PARAMS = [
     ({"pde": {"sytem": "x"}}, "did you mean 'system'"),
     ({"pde": {"system": "nope"}}, "nope"),
     ({"data": {"source": {"path": "missing.nc", "variables": ["u"],
-                          "dims": {"sample": "s", "y": "y", "x": "x"}}}}, "missing.nc"),
+                          "dims": {"sample": "s", "y": "y", "x": "x"}}},
+      "reference": {"resolutions": []}}, "missing.nc"),
 ]
 
 

@@ -90,6 +90,7 @@ def make_study(root):
                      "unet": {"arch": "unet", "params": {"width": 8, "depth": 2}}},
         "train": {"runs": RUNS},
         "sample": {"resolutions": RESOLUTIONS, "n_samples": 12},
+        "reference": {"resolutions": []},
     })
     source = canonical_dataset({"u": draws(40, 0)}, length=2.0, origin=-1.0, boundary="neumann")
     for n in LEVELS:

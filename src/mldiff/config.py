@@ -315,7 +315,7 @@ class SampleParams(Section):
     n_samples: PosInt = 32
     batch_size: PosInt = 32
     resolutions: Annotated[list[Annotated[int, Field(ge=4)]], Field(min_length=1)] = [
-        16, 32, 64
+        16, 32, 64, 128
     ]
     seed: Annotated[int, Field(ge=0)] = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -342,7 +342,7 @@ class ReferenceParams(Section):
     these grids with them instead of restricting the samples to the finest store level.
     """
 
-    resolutions: list[Annotated[int, Field(le=4096)]] = []
+    resolutions: list[Annotated[int, Field(le=4096)]] = [128]
     train_samples: PosInt = 32
 
     _powers = field_validator("resolutions")(_distinct_powers_of_two)
