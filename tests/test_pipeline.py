@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
+import json
+import re
+import subprocess
+
 import pytest
 import yaml
 
-from helpers import assert_same_netcdf, data_files, run
+from helpers import ENV, assert_same_netcdf, data_files, run
 
 pytestmark = pytest.mark.slow
+
+def dvc_json(args: list[str], cwd) -> dict:
+    """``dvc <args> --json``'s standard output, parsed."""
+    proc = subprocess.run(["dvc", *args, "--json"], cwd=cwd, env=ENV, capture_output=True,
+                          text=True, check=True)
+    return json.loads(proc.stdout)
+
 
 def dvc_stages_run(output: str) -> list[str]:
     return [line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage")]
@@ -35,6 +46,24 @@ def test_snakemake_and_dvc_build_the_same_outputs(project, tmp_path):
                  if not line[3:].startswith(("data/", ".snakemake/", ".dvc/"))
                  and line[3:] not in ("dvc.lock", "params.yaml")]
         assert stray == [], stray
+
+    # What a scientist opens: the report, `dvc metrics show`, `dvc plots show`.
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    runs, resolutions = params["train"]["runs"], params["sample"]["resolutions"]
+    page = (project / "data/results/report.html").read_text()
+    cells = set(re.findall(r'data-model="([^"]+)" data-resolution="(\d+)"', page))
+    assert {(r, str(b)) for r in runs for b in resolutions} <= cells
+    assert {("heldout_vs_train", str(b)) for b in resolutions} <= cells
+    for b in params["reference"]["resolutions"]:  # the tiny preset simulates 64 directly
+        assert f"At {b}x{b} the test split and training samples were <b>simulated directly" in page
+    metrics = dvc_json(["metrics", "show"], twin)[""]["data"]
+    matrix = metrics["data/results/metrics.json"]["data"]
+    assert all(matrix[r][f"n{b}"]["energy_distance"] is not None
+               for r in runs for b in resolutions)
+    plots = dvc_json(["plots", "show"], twin)["data"]
+    for name in ("data/results/spectra.csv", "data/results/metric_vs_resolution.csv",
+                 *(f"data/models/{r}/loss.csv" for r in runs)):
+        assert plots[name][0]["content"]["data"]["values"], name
 
     # Nothing to do the second time, for either tool.
     assert dvc_stages_run(run(["dvc", "repro"], twin)) == []
