@@ -291,6 +291,15 @@ def test_verdict_rule_tolerance_interval_and_naive_baseline():
     assert not m["4x"]["holds"] and "not better than naive upsampling" in v["m"]["sentence"]
     assert tight["2x"]["allowed"] == pytest.approx(0.02)  # the interval, not 1.5 x a negative
     assert not tight["2x"]["holds"] and tight["4x"]["holds"]
+    assert set(m) == {"2x", "4x"}
+
+
+def test_verdicts_add_every_larger_sampled_multiple():
+    rows = [_row("m", 8, 0.10), _row("m", 16, 0.11), _row("m", 64, 0.5), _row("m", 128, 0.12)]
+    v = verdicts(rows, tolerance=1.5)["m"]
+    assert list(v["checks"]) == ["2x", "4x", "8x", "16x"]
+    assert v["checks"]["4x"]["holds"] is None and "not sampled at 4x" in v["sentence"]
+    assert v["checks"]["8x"]["holds"] is False and v["checks"]["16x"]["holds"] is True
 
 
 def test_non_finite_and_missing_metrics_become_null(tmp_path):

@@ -326,7 +326,9 @@ def verdicts(
     tolerance: float = 1.5,
     factors: Sequence[int] = (2, 4),
 ) -> dict[str, dict[str, Any]]:
-    """Whether each model's quality holds at ``f ×`` its finest training level ``a``.
+    """Whether each model's quality holds at ``f ×`` its finest training level ``a``: at
+    ``factors`` (2x and 4x, judged or reported as not sampled) and at every larger
+    power-of-two multiple it was sampled at (8x, …).
 
     Rule, with ``E(n)`` the energy distance at ``n`` and ``E⁺(a)`` the upper bootstrap
     bound at ``a``: quality *holds* at ``b = f a`` iff ``E(b) ≤ max(E⁺(a), tolerance · E(a))``
@@ -352,7 +354,8 @@ def verdicts(
         else:
             allowed = max(_value(base, "energy_distance_high") or e1, tolerance * e1)
             parts = []
-            for f in factors:
+            sampled = {int(r["resolution"]) // a for r in mine if int(r["resolution"]) > a}
+            for f in sorted({*factors, *(f for f in sampled if f > max(factors))}):
                 checks[f"{f}x"], text = _check(table, name, a, f, allowed)
                 parts.append(text)
             floor = _value(table.get((FLOOR, a), {}), "energy_distance")
