@@ -112,6 +112,21 @@ def test_fno_reaches_the_analytic_dsm_minimum_on_gaussian_data(tmp_path):
     assert np.isfinite(open_level(paths[16])["u"].values).all()
 
 
+def test_expected_flops_count_each_stage_at_its_grid():
+    from mldiff.diffusion import build_process
+    from mldiff.models import build_model, estimate_flops
+    from mldiff.train import expected_flops
+
+    prior = build_prior("matern", gamma=1.5)
+    net = build_model("fno", 1, 1, width=8, modes=4, layers=2, boundary="neumann")
+    vp = build_process("vp", prior, "neumann", t_min=0.01)
+    dv = build_process("dimvarying", prior, "neumann", t_min=0.01, factors=[2],
+                       switch_times=[0.505])
+    fine, coarse = estimate_flops(net, 16), estimate_flops(net, 8)
+    assert expected_flops(net, vp, 16) == fine
+    assert expected_flops(net, dv, 16) == pytest.approx(0.5 * (fine + coarse), rel=2e-3)
+
+
 @pytest.mark.parametrize("network", ["shared", "per_stage"])
 def test_dimvarying_trains_and_samples_on_fewer_grid_points(tmp_path, network):
     from mldiff.sample import generate

@@ -213,6 +213,17 @@ def build_components(
     return build_model(arch, width, width, **hyper), process
 
 
+def expected_flops(
+    net: torch.nn.Module, process: ForwardProcess, n: int, points: int = 1024
+) -> float:
+    """Forward FLOPs per sample at output resolution ``n``, averaged over the training law of
+    ``t`` (``points`` stratified times): the network runs on ``process.grid_size(t, n)``, so
+    dimensionality-varying diffusion counts its coarser stages at their own grids."""
+    grids = [process.grid_size(float(t), n) for t in process.stratified_times(points)]
+    cost = {g: estimate_flops(net, g) for g in set(grids)}
+    return sum(cost[g] for g in grids) / points
+
+
 def supports(net: torch.nn.Module, process: ForwardProcess, n: int) -> bool:
     """Whether ``net`` can run every grid that ``process`` uses for output resolution ``n``."""
     try:
@@ -339,7 +350,7 @@ class Trainer:
             "flops": 0.0,
         }
         self.autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16)
-        self.flops = {n: 3.0 * estimate_flops(self.net, n) for n, _ in self.schedule}
+        self.flops = {n: 3.0 * expected_flops(self.net, self.process, n) for n, _ in self.schedule}
 
     def parameters(self) -> list[torch.nn.Parameter]:
         """What the optimizer trains: the network's and a learned process's parameters."""

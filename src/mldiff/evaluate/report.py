@@ -185,8 +185,8 @@ untrained model: the ceiling) and <b>naive_upsampling_from_&lt;a&gt;</b> (traini
 level <i>a</i> prolonged spectrally to <i>b</i>: what a model must beat to claim
 super-resolution).</p>
 <p>Verdict rule: quality <i>holds</i> at <i>b</i> = 2<i>a</i>, 4<i>a</i> (and 8<i>a</i>, …
-when sampled; <i>a</i> the run's finest training level) when the energy distance at <i>b</i> is at most
-max(upper 1x bootstrap bound, {settings['tolerance']:g} × the 1x value) and below naive
+when sampled; <i>a</i> the run's finest training level) when the energy distance at <i>b</i>
+is at most max(upper 1x bootstrap bound, {settings['tolerance']:g} × the 1x value) and below naive
 upsampling at <i>b</i>.</p>"""
 
 
