@@ -37,22 +37,8 @@ def cmd_simulate(args: argparse.Namespace) -> None:
         log.info("imported %s (%d samples)", params.data.source.path, ds.sizes["sample"])
     else:
         pde = params.pde
-        ds = simulate_dataset(
-            pde.system,
-            pde.parameters,
-            pde.n,
-            pde.times,
-            pde.n_samples,
-            params.seed,
-            length=pde.length,
-            origin=pde.origin,
-            boundary=pde.boundary,
-            laplacian=pde.laplacian,
-            batch_size=pde.batch_size,
-            dtype=pde.dtype,
-            device=pde.device,
-            **pde.solver.model_dump(),
-        )
+        ds = simulate_dataset(pde.system, pde.parameters, pde.n, pde.times, pde.n_samples,
+                              params.seed, **pde.solver_kwargs())
     ds.attrs.update(io.provenance(config.step_params(params, "simulate")))
     io.write_netcdf(ds, args.out)
     log.info("wrote %s", args.out)

@@ -111,6 +111,13 @@ class PdeParams(Section):
         get_system(self.system, self.parameters)  # raises MldiffError naming the problem
         return self
 
+    def solver_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of :func:`mldiff.pde.simulate_dataset` besides the system, grid,
+        times, samples and seed: geometry, batching, dtype, device and the step settings."""
+        return {"length": self.length, "origin": self.origin, "boundary": self.boundary,
+                "laplacian": self.laplacian, "batch_size": self.batch_size, "dtype": self.dtype,
+                "device": self.device, **self.solver.model_dump()}
+
 
 class SourceDims(Section):
     sample: str

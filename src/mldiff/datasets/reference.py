@@ -66,10 +66,8 @@ def build_reference(params: Params, level_path: Path, n: int, progress: bool = T
     samples = reference_samples(level, params.reference.train_samples)
     times = [t for t in pde.times if t <= store.time]
     sim = simulate_dataset(
-        pde.system, pde.parameters, n, times, samples.tolist(), params.seed,
-        initial_grid=pde.n, length=pde.length, origin=pde.origin, boundary=pde.boundary,
-        laplacian=pde.laplacian, batch_size=pde.batch_size, dtype=pde.dtype, device=pde.device,
-        progress=progress, **pde.solver.model_dump(),
+        pde.system, pde.parameters, n, times, samples.tolist(), params.seed, initial_grid=pde.n,
+        progress=progress, **pde.solver_kwargs(),
     ).isel(time=-1, drop=True)
     fields = {s: sim[s].values for s in store.species}
     stored = level.sel(sample=samples)
