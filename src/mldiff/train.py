@@ -46,6 +46,7 @@ from mldiff.diffusion import (
     build_prior,
     build_process,
     elbo_report,
+    fit_prior_spec,
     switch_times_from_data,
 )
 from mldiff.errors import MldiffError
@@ -164,6 +165,16 @@ def run_spec(params: Params, run: str) -> dict[str, Any]:
         "process": params.diffusion.model_dump(mode="json"),
         "schedule": [list(stage) for stage in spec.schedule],
     }
+
+
+def resolve_prior(spec: dict[str, Any], data: Data) -> dict[str, Any]:
+    """``spec`` with a ``fitted`` prior fitted to the normalized training fields at the run's
+    finest level (:meth:`~mldiff.diffusion.Fitted.fit`; the model file keeps the spectrum, so
+    sampling at any resolution uses the same Q); other priors unchanged."""
+    n = int(spec["schedule"][-1][0])
+    prior = fit_prior_spec(spec["prior"], data.train[n], data.geometry["boundary"],
+                           data.geometry["length"])
+    return {**spec, "prior": prior}
 
 
 def resolve_switch_times(spec: dict[str, Any], data: Data) -> dict[str, Any]:
@@ -319,7 +330,7 @@ class Trainer:
     def __init__(self, params: Params, run: str, data: Data, checkpoint: Path) -> None:
         self.cfg = cfg = params.train
         self.run, self.data, self.checkpoint = run, data, checkpoint
-        self.spec = resolve_switch_times(run_spec(params, run), data)
+        self.spec = resolve_switch_times(resolve_prior(run_spec(params, run), data), data)
         self.key = _checkpoint_key(self.spec, cfg.model_dump(mode="json"))
         self.dist = Distributed(pick_device(cfg.device))
         device = self.device = self.dist.device

@@ -19,11 +19,13 @@ from mldiff.diffusion.multivariate import (
 from mldiff.diffusion.priors import (
     PRIORS,
     Combined,
+    Fitted,
     Laplacian,
     Matern,
     Prior,
     WhiteNoise,
     build_prior,
+    fit_prior_spec,
 )
 from mldiff.diffusion.processes import (
     PROCESSES,
@@ -44,6 +46,7 @@ __all__ = [
     "Combined",
     "DimVaryingGaussianScore",
     "DimVaryingVP",
+    "Fitted",
     "ForwardProcess",
     "GaussianScore",
     "JointGaussianScore",
@@ -58,6 +61,7 @@ __all__ = [
     "build_prior",
     "build_process",
     "elbo",
+    "fit_prior_spec",
     "elbo_report",
     "gaussian_log_likelihood",
     "sample_em",

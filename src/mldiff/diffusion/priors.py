@@ -25,6 +25,7 @@ import numbers
 from abc import ABC, abstractmethod
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 
 from mldiff import spectral
@@ -88,9 +89,10 @@ class Prior(ABC):
         return self._cache[key]
 
     def trace(self, n: int, boundary: Boundary) -> float:
-        """``Σ_k λ_k`` over the ``n²`` modes: the grid-mean pointwise variance of a draw."""
+        """``Σ_k λ_k`` over the ``n²`` modes: the grid-mean pointwise variance of a draw
+        (averaged over species for a prior with one spectrum per species)."""
         weights = spectral.mode_weights(n, boundary)
-        return float((weights * self.eigenvalues(n, boundary)).sum())
+        return float((weights * self.eigenvalues(n, boundary)).sum((-2, -1)).mean())
 
     def apply(self, x: torch.Tensor, power: float, boundary: Boundary) -> torch.Tensor:
         """``Q^power x`` for grid fields ``x`` of shape ``(..., n, n)``, power in {1, ½, −½}."""
@@ -100,6 +102,11 @@ class Prior(ABC):
             raise MldiffError(f"x: expected a field of shape (..., n, n), got {tuple(x.shape)}")
         n = x.shape[-1]
         lam = self.eigenvalues(n, boundary, x.device, x.dtype)
+        if lam.ndim == 3 and (x.ndim < 3 or x.shape[-3] != lam.shape[0]):
+            raise MldiffError(
+                f"prior {self.name!r}: one spectrum per species ({lam.shape[0]}), but the "
+                f"field has shape {tuple(x.shape)}; use the vp process (or one species)"
+            )
         if power < 0 and not bool((lam > 0).all()):
             raise MldiffError(
                 f"power: Q^{power:g} is undefined for prior {self.name!r} (zero eigenvalue); "
@@ -229,8 +236,136 @@ class Combined(Prior):
         return k2.clamp_min(self.cutoff**2) ** (-self.gamma)
 
 
+# Floor of the fitted prior's decay beyond its band: ``|k|^(−p)`` is trace class in 2D for p > 2.
+MIN_DECAY = 2.5
+
+
+class Fitted(Prior):
+    """Q fitted to the training data: one radially averaged power spectrum per species.
+
+    Inside the fitted band (``|k| ≤ k_M``, the last of ``knots``, physical wavenumbers)
+    ``λ_s(|k|) = scale · exp(interp(|k|; knots, log values[s]))``, log-linear between knots;
+    beyond it the power law ``λ_s = scale · values[s][-1] · (|k| / k_M)^(−decay[s])`` with
+    ``decay ≥ MIN_DECAY > 2``, so Q is trace class on every finer grid. The knots are physical
+    wavenumbers, so the same operator applies on the periodic and the no-flux basis and at any
+    resolution. Species are independent (Q is block diagonal, no cross-covariance: the prior only
+    has to bound each species' spectrum; the network learns their coupling); with several
+    species :meth:`eigenvalues` has shape ``(C, n, n_x)`` and fields must carry the species on
+    axis −3 (the ``vp`` process).
+
+    Built without ``knots`` it is a placeholder that ``mldiff train`` replaces by :meth:`fit` of
+    the training split at the run's finest level, kept in the model file (``spec.prior``).
+    """
+
+    name = "fitted"
+
+    def __init__(
+        self,
+        *,
+        margin: float = 0.25,
+        knots: list[float] | None = None,
+        values: list[list[float]] | None = None,
+        decay: list[float] | None = None,
+        length: float = 2.0,
+        scale: float = 1.0,
+    ) -> None:
+        super().__init__(length=length, scale=scale)
+        self.margin = check_positive("margin", margin, allow_zero=True)
+        self.knots, self.values, self.decay = knots, values, decay
+        if knots is None and values is None and decay is None:
+            return
+        try:
+            k = torch.tensor(knots, dtype=torch.float64)
+            v = torch.tensor(values, dtype=torch.float64)
+            p = torch.tensor(decay, dtype=torch.float64)
+        except (TypeError, ValueError, RuntimeError):
+            k = v = p = torch.zeros(0)
+        ok = (k.ndim == 1 and len(k) >= 2 and bool((k.diff() > 0).all()) and v.ndim == 2
+              and v.shape[1] == len(k) and bool((v > 0).all()) and p.shape == (v.shape[0],)
+              and bool((p > 2).all()))
+        if not ok:
+            raise MldiffError(
+                "prior 'fitted': expected increasing knots, positive values (species x knots) "
+                "and one decay > 2 per species"
+            )
+
+    @classmethod
+    def fit(
+        cls,
+        x: torch.Tensor,
+        boundary: Boundary,
+        *,
+        margin: float = 0.25,
+        length: float = 2.0,
+        scale: float = 1.0,
+    ) -> Fitted:
+        """The prior of fields ``x (N, C, n, n)``: per species and shell ``s`` (the modes with
+        ``round(|k| / k_1) = s``, ``k_1 = 2π/L`` periodic, ``π/L`` no-flux, ``s ≤ n/2`` resp.
+        ``n − 1``; knot ``k_s`` = their mean ``|k|``) the mean
+        second moment of the function coefficients, ``P_s = mean |ĉ_k / n|²`` over samples and
+        the shell's modes (uncentred: the process noises ``x`` itself);
+        floored at ``1e-12 · max P``; ``log P`` smoothed by a (1, 2, 1)/4 filter over
+        ``s ≥ 1``. The decay is the least-squares slope ``p`` of ``log P`` against ``log k``
+        over the upper half of the shells, less ``margin`` (Q slightly rougher than the data
+        beyond the band, keeping them inside its support), floored at :data:`MIN_DECAY`.
+        """
+        boundary = check_boundary(boundary)
+        if x.ndim != 4 or x.shape[-1] != x.shape[-2] or len(x) < 1:
+            raise MldiffError(f"x: expected fields (N, C, n, n), got {tuple(x.shape)}")
+        n = check_grid(x.shape[-1])
+        power = (spectral.forward(x.double().cpu(), boundary) / n).abs().square().mean(0)
+        unit = (2.0 if boundary == "periodic" else 1.0) * math.pi / length
+        k = spectral.wavenumber_squared(n, length, boundary).sqrt()
+        shell = (k / unit).round()
+        top = n // 2 if boundary == "periodic" else n - 1
+        shells = torch.stack([power[:, shell == s].mean(-1) for s in range(top + 1)], dim=1)
+        shells = shells.clamp_min(1e-12 * shells.amax(1, keepdim=True))
+        logs = shells.log()
+        if top >= 3:
+            logs[:, 2:-1] = (logs[:, 1:-2] + 2 * logs[:, 2:-1] + logs[:, 3:]) / 4
+        knots = torch.stack([k[shell == s].mean() for s in range(top + 1)])
+        upper = slice(max(1, top // 2), top + 1)
+        log_k = knots[upper].log()
+        centred = log_k - log_k.mean()
+        slope = ((logs[:, upper] - logs[:, upper].mean(1, keepdim=True)) * centred).sum(1)
+        slope = slope / centred.square().sum().clamp_min(1e-300)
+        decay = (-slope - margin).clamp_min(MIN_DECAY)
+        return cls(margin=margin, knots=knots.tolist(), values=logs.exp().tolist(),
+                   decay=decay.tolist(), length=length, scale=scale)
+
+    def params(self) -> dict[str, Any]:
+        """Keyword parameters that rebuild this prior with :func:`build_prior` (JSON-ready)."""
+        return {"margin": self.margin, "knots": self.knots, "values": self.values,
+                "decay": self.decay, "scale": self.scale}
+
+    def spectrum(self, k2: torch.Tensor) -> torch.Tensor:
+        if self.knots is None:
+            raise MldiffError(
+                "prior 'fitted': not fitted yet (mldiff train fits it to the training data "
+                "and stores it in the model file)"
+            )
+        k = k2.sqrt().numpy()
+        last = self.knots[-1]
+        rows = []
+        for values, decay in zip(self.values, self.decay, strict=True):
+            inside = np.exp(np.interp(k, self.knots, np.log(values)))
+            beyond = values[-1] * (np.maximum(k, last) / last) ** (-decay)
+            rows.append(torch.from_numpy(np.where(k <= last, inside, beyond)))
+        return rows[0] if len(rows) == 1 else torch.stack(rows)
+
+
+def fit_prior_spec(spec: dict[str, Any], x: torch.Tensor, boundary: Boundary,
+                   length: float) -> dict[str, Any]:
+    """``spec`` (``{"name", "params"}``) with an unfitted ``fitted`` prior replaced by
+    :meth:`Fitted.fit` of the normalized fields ``x``; other specs unchanged."""
+    if spec["name"] != Fitted.name or spec["params"].get("knots") is not None:
+        return spec
+    prior = Fitted.fit(x, boundary, length=length, **spec["params"])
+    return {**spec, "params": prior.params()}
+
+
 PRIORS: dict[str, type[Prior]] = {
-    cls.name: cls for cls in (WhiteNoise, Matern, Laplacian, Combined)
+    cls.name: cls for cls in (WhiteNoise, Matern, Laplacian, Combined, Fitted)
 }
 
 

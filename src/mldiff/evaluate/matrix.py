@@ -24,7 +24,8 @@ Reference rows, on the same grids under the same rule:
 * ``heldout_vs_train``: training fields against test fields (the floor: sampling noise; at a
   simulated grid both are simulated there);
 * ``prior_<name>``: draws of ``N(0, Q)`` of each prior a run uses, i.e. an untrained model
-  (the ceiling; in physical units ``mean + std · draw``);
+  (the ceiling; in physical units ``mean + std · draw``; a ``fitted`` prior fitted as training
+  fits it, at the finest training level of the runs using it);
 * ``naive_upsampling_from_<a>``: training fields at each run's finest level ``a``, prolonged
   spectrally to every ``b > a`` (what a model must beat to claim super-resolution).
 
@@ -55,7 +56,7 @@ from mldiff import io
 from mldiff.config import Params
 from mldiff.datasets import denormalize, normalize, open_level, prolong, restrict
 from mldiff.datasets.source import CANONICAL_DIMS
-from mldiff.diffusion import build_prior
+from mldiff.diffusion import build_prior, fit_prior_spec
 from mldiff.errors import MldiffError
 from mldiff.evaluate.metrics import compare
 from mldiff.evaluate.spectra import Spectrum, power_spectrum, spectrum_log_error
@@ -489,8 +490,10 @@ def _reference_rows(matrix: Matrix, params: Params, seed: int, bar: tqdm) -> Non
         matrix.add({**base, "model": FLOOR}, x, resolution=b)
         bar.update()
     for name in sorted({spec.prior for spec in runs.values()}):
-        spec = params.priors[name]
-        prior = build_prior(spec.name, length=store.length, **spec.params)
+        level = max(s.schedule[-1][0] for s in runs.values() if s.prior == name)
+        spec = fit_prior_spec(params.priors[name].model_dump(mode="json"),
+                              store.at("train", level), store.boundary, store.length)
+        prior = build_prior(spec["name"], length=store.length, **spec["params"])
         for b in resolutions:
             draws = prior.sample((count, len(store.species)), b, store.boundary,
                                  torch.Generator().manual_seed(seed), torch.float32)
