@@ -136,6 +136,8 @@ def test_outputs_cover_every_model_and_resolution(study):
     out = root / "results"
     metrics = json.loads((out / "metrics.json").read_text())
     assert all(v is None or isinstance(v, int | float) for v in _leaves(metrics))
+    assert metrics["faithful"]["n16"]["samples_flagged"] is False
+    assert 0.5 < metrics["faithful"]["n16"]["variance_ratio"] < 2
     for run in RUNS:
         assert set(metrics[run]) == {"n8", "n16", "n32", "training"}
         assert metrics[run]["training"]["steps"] == sum(s for _, s in RUNS[run]["schedule"])
@@ -251,6 +253,7 @@ def test_report_is_self_contained_and_holds_every_cell(study):
     assert page.count('src="data:image/png;base64,') == 6
     assert not re.search(r'(src|href)="(?!data:)', page), "no external resources"
     assert "restricted to 16x16" in page
+    assert "No sample set blows up or collapses" in page
     for run in RUNS:
         assert run in page
 

@@ -59,6 +59,7 @@ from mldiff.datasets.source import CANONICAL_DIMS
 from mldiff.diffusion import build_prior, fit_prior_spec
 from mldiff.errors import MldiffError
 from mldiff.evaluate.metrics import compare
+from mldiff.evaluate.sanity import sanity
 from mldiff.evaluate.spectra import Spectrum, power_spectrum, spectrum_log_error
 
 log = logging.getLogger(__name__)
@@ -77,7 +78,8 @@ MAIN_METRICS = (
     "energy_distance", "energy_distance_low", "energy_distance_high", "mmd2", "mmd2_low",
     "mmd2_high", "sliced_w2", "sliced_w2_low", "sliced_w2_high", "spectrum_log_error",
     "spectrum_log_error_full", "vendi_samples", "value_w1", "wavelength_samples",
-    "wavelength_reference",
+    "wavelength_reference", "variance_ratio", "value_min", "value_max", "reference_min",
+    "reference_max",
 )
 CURVE_COLUMNS = (
     "model", "kind", "resolution", "compared_at", "energy_distance", "energy_distance_low",
@@ -268,7 +270,8 @@ class Matrix:
             self.spectra += _spectrum_records(row["model"], b, spectrum, self.store.species)
         self.rows.append({**row, "resolution": b, "compared_at": g,
                           "reference_data": self.store.label(b), "n_samples": len(x),
-                          "n_reference": len(self.test[g]), **metrics})
+                          "n_reference": len(self.test[g]), **metrics,
+                          **sanity(x, self.test[g], self.store.species)})
 
 
 def load_samples(path: Path, run: str, n: int, store: Store) -> tuple[torch.Tensor, dict]:
@@ -415,6 +418,8 @@ def metrics_json(
     for r in rows:
         parent = out if r["kind"] == "model" else out.setdefault(REFERENCE, {})
         cell = {k: _value(r, k) for k in keys}
+        if "sanity" in r:  # the flag of mldiff.evaluate.sanity (its sentence: matrix.csv)
+            cell["samples_flagged"] = bool(r["sanity"])
         parent.setdefault(r["model"], {})[f"n{r['resolution']}"] = cell
     for run, summary in training.items():
         out.setdefault(run, {})["training"] = dict(summary)

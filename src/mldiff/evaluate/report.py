@@ -199,6 +199,16 @@ def _verdicts(verdicts: Mapping[str, Mapping[str, Any]]) -> str:
     return "<ul>" + "\n".join(items) + "</ul>"
 
 
+def _sanity(rows: Sequence[Mapping[str, Any]]) -> str:
+    """Every model cell whose samples blow up or collapse (``sanity`` flag of matrix.csv)."""
+    flagged = [f'<li class="fails">{html.escape(str(r["model"]))} at n = {r["resolution"]}: '
+               f'{html.escape(str(r["sanity"]))}</li>' for r in rows if r.get("sanity")]
+    if not flagged:
+        return ("<p>No sample set blows up or collapses: in every cell each species' variance "
+                "is within 0.25–4× the data's.</p>")
+    return "<ul>" + "\n".join(flagged) + "</ul>"
+
+
 def _matrix(rows: Sequence[Mapping[str, Any]], resolutions: Sequence[int]) -> str:
     """Rows × resolutions: energy distance [interval] and band spectrum error per cell."""
     cells = {(r["model"], r["resolution"]): r for r in rows}
@@ -213,7 +223,9 @@ def _matrix(rows: Sequence[Mapping[str, Any]], resolutions: Sequence[int]) -> st
                 continue
             mark = " †" if r["compared_at"] != b else ""
             line.append([_interval(r, "energy_distance") + mark,
-                         f"spectrum {_fmt(r.get('spectrum_log_error'))}"])
+                         f"spectrum {_fmt(r.get('spectrum_log_error'))}",
+                         f"variance ×{_fmt(r.get('variance_ratio'))}",
+                         *([f"⚠ {r['sanity']}"] if r.get("sanity") else [])])
         body.append(({"class": first["kind"]}, line))
     return _table(["row", "train level", *[f"n = {b}" for b in resolutions]], body)
 
@@ -286,6 +298,7 @@ def write_report(params: Params, results_dir: Path, out: Path) -> None:
         f"{', '.join(map(str, resolutions))} and compared with held-out data; all numbers are "
         "in normalized units.</p>",
         "<h2>Verdicts</h2>", _verdicts(evaluation["verdicts"]),
+        "<h2>Sanity of the samples</h2>", _sanity(models),
         "<h2>Setup</h2>", _setup(params, settings),
         "<h2>Comparison rule</h2>", _rule(settings),
         "<h2>Generalization matrix</h2>",
