@@ -113,7 +113,7 @@ PARAMS_CASES = [
      "train.batch_size: 2 is not divisible"),
     ("bad run name", {"train": {"runs": {"r/../x": {"network": "fno", "prior": "matern",
                                                      "schedule": [[8, 2]]}}}},
-     "run names must be letters"),
+     "train.runs: run names must be 1 to 64 letters"),
 ]
 
 

@@ -76,13 +76,13 @@ def test_store_bad_input(tmp_path, raw, capsys, case, make_input, extra, expecte
     assert not dest.parent.exists() or not list(dest.parent.iterdir())
 
 
-def test_store_with_wrong_species_names_the_file(tmp_path, raw, write_params, capsys):
+def test_a_species_the_system_lacks_is_refused_up_front(tmp_path, raw, write_params, capsys):
     _, out = raw
     params = write_params({**SMALL, "store": {**SMALL["store"], "species": ["w"]}}, "p2.yaml")
     dest = tmp_path / "level_8.nc"
     code, errors = run_cli(capsys, ["store", "--params", params, "--input", out, "--level", 8,
                            "--out", dest])
-    assert code == 2 and "raw.nc" in errors[0] and "'w'" in errors[0]
+    assert code == 2 and "p2.yaml: store.species: ['w'] are not species" in errors[0]
     assert not dest.exists()
 
 

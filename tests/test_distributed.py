@@ -49,7 +49,8 @@ def test_two_gloo_processes_match_one_process_with_the_same_global_batch(tmp_pat
     assert summary["processes"] == 2 and summary["samples_seen"] == 10 * 8
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGKILL],
+                         ids=["SIGTERM", "SIGINT", "SIGKILL"])
 def test_killed_training_resumes_to_the_uninterrupted_model(tmp_path, sig):
     gaussian_store(tmp_path, samples=32)
     params = write(params_for((8, 16), [[8, 150], [16, 150]], checkpoint_every=20,
@@ -70,8 +71,9 @@ def test_killed_training_resumes_to_the_uninterrupted_model(tmp_path, sig):
     stderr = job.communicate(timeout=120)[1]
     assert job.returncode != 0 and not out.exists()
     assert checkpoint.exists()
-    if sig == signal.SIGTERM:
-        assert "SIGTERM at step" in stderr and "--resume" in stderr
+    if sig != signal.SIGKILL:  # Ctrl-C (SIGINT) stops like SIGTERM: checkpoint, one line
+        assert f"{sig.name} at step" in stderr and "--resume" in stderr
+        assert "Traceback" not in stderr and job.returncode == 2
 
     again = subprocess.run(train_cmd(params, tmp_path, out), env=ENV, capture_output=True,
                            text=True, timeout=600)

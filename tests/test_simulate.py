@@ -269,9 +269,10 @@ def test_a_system_added_in_a_user_module_runs_through_the_cli(tmp_path):
     code = readme.split("```python\n", 1)[1].split("```", 1)[0]
     (tmp_path / "my_systems.py").write_text(code)
     params = {"pde": {"imports": ["my_systems"], "system": "brusselator", "n": 16,
-                      "n_samples": 2, "batch_size": 2, "times": [0.5],
+                      "n_samples": 8, "batch_size": 8, "times": [0.5],
                       "parameters": {"b": 3.2}},
-              "store": {"levels": [8, 16], "time": 0.5},
+              "store": {"levels": [8, 16], "time": 0.5,
+                        "split": {"train": 0.5, "validation": 0.25, "test": 0.25}},
               "networks": {"fno": {"arch": "fno", "params": {"modes": 4}}}}
     full = config.deep_merge(config.Params().model_dump(mode="json"), params)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(full))

@@ -197,3 +197,49 @@ def test_a_diverging_loss_stops_with_the_step_and_keeps_the_last_checkpoint(tmp_
     assert not (tmp_path / "model.pt").exists()
     saved = load_checkpoint(ckpt)
     assert all(torch.isfinite(v).all() for v in saved["model"].values() if v.is_floating_point())
+
+
+def test_ctrl_c_checkpoints_and_resume_is_bit_identical(tmp_path, capsys):
+    """A real SIGINT during `mldiff train` (in-process): one line, exit 2, a checkpoint at the
+    interrupt and no model; `--resume` then ends with the uninterrupted run's bytes."""
+    import os
+    import signal
+    import threading
+
+    import yaml
+
+    from helpers import run_cli
+
+    gaussian_store(tmp_path, samples=24)
+    params = tmp_path / "p.yaml"
+    params.write_text(yaml.safe_dump(params_for((8, 16), [[8, 20], [16, 40]], validate_every=1000,
+                                                checkpoint_every=1000).model_dump(mode="json")))
+
+    def train(name, *extra):
+        out = tmp_path / name / "model.pt"
+        return out, run_cli(capsys, ["train", "--params", params, "--run", "run", "--store",
+                                     tmp_path, "--out", out, *extra])
+
+    straight, (code, _) = train("straight")
+    assert code == 0
+    checkpoint = tmp_path / "cut" / "checkpoint.pt"
+    history = tmp_path / "straight" / "loss.csv"
+
+    def press_ctrl_c():  # once training is under way: the first level's checkpoint is written
+        while not checkpoint.exists():
+            threading.Event().wait(0.001)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    threading.Thread(target=press_ctrl_c, daemon=True).start()
+    out, (code, errors) = train("cut")
+    assert code == 2 and len(errors) == 1 and "SIGINT at step" in errors[0], errors
+    step = json.loads(load_checkpoint(checkpoint)["state"])["step"]
+    assert 20 <= step < 60 and not out.exists()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+    assert train("cut", "--resume")[1][0] == 0
+    a = torch.load(straight, weights_only=True)["ema"]
+    b = torch.load(out, weights_only=True)["ema"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert history.read_text() == out.with_name("loss.csv").read_text()
+    assert not checkpoint.exists()

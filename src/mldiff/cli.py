@@ -11,7 +11,7 @@ import argparse
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import yaml
@@ -26,12 +26,55 @@ def _params_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--params", default="params.yaml", type=Path, help="params file")
 
 
+def guard(inputs: Mapping[str, Path | None], outputs: Mapping[str, Path],
+          folders: Mapping[str, Path] | None = None) -> None:
+    """Refuse, before anything runs, an output (file, or in ``folders`` a directory) that is an
+    input, overlaps an input folder or another output, or cannot be written there: an existing
+    directory where a file goes, a parent that is a file, a folder that is not writable (or on
+    a read-only file system). Keys are the command-line flags that the messages name."""
+    folders = dict(folders or {})
+    ins = {flag: path.resolve() for flag, path in inputs.items() if path is not None}
+    seen: dict[Path, str] = {}
+    for flag, out in {**outputs, **folders}.items():
+        where = out.resolve()
+        is_folder = flag in folders
+        for in_flag, path in ins.items():
+            if where == path or (is_folder and (path.is_relative_to(where)
+                                                or where.is_relative_to(path))):
+                raise MldiffError(f"{flag} {out}: overlaps {in_flag} {inputs[in_flag]}; an output "
+                                  "must not overwrite an input")
+        if where in seen:
+            raise MldiffError(f"{flag} {out}: is also {seen[where]}; give distinct outputs")
+        seen[where] = flag
+        if out.is_dir() and not is_folder:
+            raise MldiffError(f"{flag} {out}: is a directory; expected a file path")
+        if is_folder and out.exists() and not out.is_dir():
+            raise MldiffError(f"{flag} {out}: is a file; expected a folder")
+        parent = where if is_folder else where.parent
+        while not parent.exists():
+            parent = parent.parent
+        if not parent.is_dir():
+            raise MldiffError(f"{flag} {out}: {parent} is a file, not a folder")
+        if not os.access(parent, os.W_OK | os.X_OK):
+            raise MldiffError(f"{flag} {out}: folder {parent} is not writable")
+
+
+def power_of_two(flag: str, n: int, low: int = 4, high: int = 4096) -> int:
+    """``n`` if it is a power of two in ``[low, high]``; else one line naming ``flag``."""
+    if not (low <= n <= high and n & (n - 1) == 0):
+        raise MldiffError(f"{flag} {n}: expected a power of two from {low} to {high}")
+    return n
+
+
 def cmd_simulate(args: argparse.Namespace) -> None:
     """Simulate the configured PDE, or import ``data.source``, into the raw dataset."""
     from mldiff.datasets import read_source
     from mldiff.pde import simulate_dataset
 
     params = config.load_params(args.params)
+    source = params.data.source
+    guard({"--params": args.params, "data.source.path": source and Path(source.path)},
+          {"--out": args.out})
     if params.data.source is not None:
         ds = read_source(**params.data.source.model_dump())
         log.info("imported %s (%d samples)", params.data.source.path, ds.sizes["sample"])
@@ -51,6 +94,7 @@ def cmd_store(args: argparse.Namespace) -> None:
     params = config.load_params(args.params)
     if args.level not in params.store.levels:
         raise MldiffError(f"--level {args.level}: not in store.levels {params.store.levels}")
+    guard({"--params": args.params, "--input": args.input}, {"--out": args.out})
     imported = params.data.source is not None
     source = read_source(
         args.input,
@@ -75,7 +119,11 @@ def cmd_reference(args: argparse.Namespace) -> None:
     from mldiff.datasets.reference import build_reference
 
     params = config.load_params(args.params)
+    if args.resolution not in params.reference.resolutions:
+        raise MldiffError(f"--resolution {args.resolution}: not in reference.resolutions "
+                          f"{params.reference.resolutions}")
     level = args.store / f"level_{params.store.levels[-1]}.nc"
+    guard({"--params": args.params, "--store": args.store}, {"--out": args.out})
     ds = build_reference(params, level, args.resolution)
     io.write_netcdf(ds, args.out)
     log.info("wrote %s (relative L2 difference to the store at its finest level: %.3g)",
@@ -88,20 +136,21 @@ def _level_paths(params: config.Params, store: Path) -> dict[int, Path]:
 
 def cmd_train(args: argparse.Namespace) -> None:
     """Train one run (per-level or multilevel) on the store's levels."""
-    from mldiff.train import train_run
+    from mldiff.train import TRAIN_SIDE_OUTPUTS, train_run
 
     params = config.load_params(args.params)
+    if args.run not in params.train.runs:
+        raise MldiffError(f"--run {args.run!r}: not in train.runs {sorted(params.train.runs)}")
+    levels = _level_paths(params, args.store)
+    checkpoint = args.checkpoint or args.out.with_name("checkpoint.pt")
+    guard({"--params": args.params, "--store": args.store,
+           **{f"--store level {n}": path for n, path in levels.items()}},
+          {"--out": args.out, "--checkpoint": checkpoint,
+           **{f"{name} beside --out": args.out.with_name(name) for name in TRAIN_SIDE_OUTPUTS}})
     if params.train.processes > 1 and "LOCAL_RANK" not in os.environ:
         _relaunch_with_torchrun(params.train.processes, args.argv)
         return
-    summary = train_run(
-        params,
-        args.run,
-        _level_paths(params, args.store),
-        args.out,
-        args.checkpoint or args.out.with_name("checkpoint.pt"),
-        resume=args.resume,
-    )
+    summary = train_run(params, args.run, levels, args.out, checkpoint, resume=args.resume)
     log.info("trained %s: %s", args.run, summary)
 
 
@@ -129,6 +178,8 @@ def cmd_sample(args: argparse.Namespace) -> None:
     from mldiff.sample import generate
 
     params = config.load_params(args.params)
+    power_of_two("--resolution", args.resolution)
+    guard({"--params": args.params, "--model": args.model}, {"--out": args.out})
     cfg = params.sample
     ds = generate(
         args.model,
@@ -150,6 +201,8 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     from mldiff.evaluate import evaluate
 
     params = config.load_params(args.params)
+    guard({"--params": args.params, "--store": args.store, "--samples": args.samples,
+           "--models": args.models, "--reference": args.reference}, {}, {"--out": args.out})
     evaluate(params, args.store, args.samples, args.models, args.out,
              reference_dir=args.reference, tolerance=params.evaluate.tolerance)
     log.info("wrote results to %s", args.out)
@@ -159,7 +212,9 @@ def cmd_report(args: argparse.Namespace) -> None:
     """Write the self-contained HTML report from the evaluation results."""
     from mldiff.evaluate import write_report
 
-    write_report(config.load_params(args.params), args.results, args.out)
+    params = config.load_params(args.params)
+    guard({"--params": args.params, "--results": args.results}, {"--out": args.out})
+    write_report(params, args.results, args.out)
     log.info("wrote %s", args.out)
 
 
@@ -167,18 +222,21 @@ def cmd_schema(args: argparse.Namespace) -> None:
     """Write the JSON schema of params.yaml (used by Snakemake's ``validate``)."""
     import json
 
+    guard({}, {"--out": args.out})
     io.write_text(args.out, json.dumps(config.json_schema(), indent=2, sort_keys=True) + "\n")
 
 
 def cmd_preset(args: argparse.Namespace) -> None:
     """Write params.yaml as the defaults overridden by a preset file (``default``: none)."""
-    base = config.Params().model_dump(mode="json")
+    base, inputs = config.Params().model_dump(mode="json"), {}
     if args.name != "default":
         path = config.PRESETS_DIR / f"{args.name}.yaml"
-        if not path.is_file():
-            names = sorted(p.stem for p in config.PRESETS_DIR.glob("*.yaml"))
-            raise MldiffError(f"preset {args.name!r}: no {path}; available: default, {names}")
-        base = config.deep_merge(base, config.read_yaml(path), depth=2)
+        names = sorted(p.stem for p in config.PRESETS_DIR.glob("*.yaml"))
+        if args.name not in names:
+            raise MldiffError(f"preset {args.name!r}: not one of default, "
+                              f"{', '.join(names)} (the files of {config.PRESETS_DIR})")
+        base, inputs = config.deep_merge(base, config.read_yaml(path), depth=2), {"preset": path}
+    guard(inputs, {"--out": args.out})
     config.validate(base, f"preset {args.name}")
     header = f"# mldiff params: preset {args.name!r} (written by `mldiff preset {args.name}`)\n"
     io.write_text(args.out, header + yaml.safe_dump(base, sort_keys=False))
@@ -273,6 +331,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except MldiffError as exc:
         print(f"mldiff: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # outside training (which checkpoints first, see train.stop_flag)
+        print(f"mldiff: error: {args.command}: interrupted (Ctrl-C); outputs are written "
+              "atomically, so nothing partial was left", file=sys.stderr)
+        return 130
     return 0
 
 

@@ -1,8 +1,10 @@
 """The params model: one source of truth for validating ``params.yaml``.
 
-``load_params(path)`` reads YAML with ``yaml.safe_load``, validates every key and returns a
-frozen :class:`Params`. Any problem raises :class:`~mldiff.errors.MldiffError` with one line
-naming the file, the dotted key and what was expected (unknown keys get a did-you-mean).
+``load_params(path)`` reads YAML with a bounded strict loader (see :func:`read_yaml`: YAML 1.2
+core scalars, no duplicate keys, no alias bombs), validates every key with strict types (no
+``yes`` for 1, no ``"5"`` for 5, finite floats only) and returns a frozen :class:`Params`. Any
+problem raises :class:`~mldiff.errors.MldiffError` with one line naming the file, the dotted
+key and what was expected (unknown keys get a did-you-mean).
 The Snakemake schema in ``workflow/schemas/params.schema.json`` is generated from this model
 (``mldiff schema``), and a test checks that the two agree.
 """
@@ -27,6 +29,11 @@ from mldiff.errors import MldiffError
 PRESETS_DIR = Path(__file__).resolve().parents[2] / "workflow" / "presets"
 
 PosInt = Annotated[int, Field(ge=1)]
+Count = Annotated[int, Field(ge=1, le=10**7)]  # sizes that are allocated: bounded up front
+# Names of the evaluation's reference rows (``evaluate.matrix``): no run may take one.
+RESERVED_RUN_NAMES = ("reference", "heldout_test", "heldout_vs_train")
+RESERVED_RUN_PREFIXES = ("prior_", "naive_upsampling_")
+MAX_NAME = 64
 PosFloat = Annotated[float, Field(gt=0)]
 
 
@@ -46,7 +53,7 @@ def _distinct_powers_of_two(values: list[int]) -> list[int]:
 class Section(BaseModel):
     """Base of every params section: unknown keys are errors, values are immutable."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class SolverParams(Section):
@@ -77,8 +84,8 @@ class PdeParams(Section):
     length: PosFloat = 2.0
     origin: float = -1.0
     times: Annotated[list[Annotated[float, Field(ge=0)]], Field(min_length=1)] = [2.5]
-    n_samples: PosInt = 128
-    batch_size: PosInt = 64
+    n_samples: Count = 128
+    batch_size: Count = 64
     solver: SolverParams = Field(default_factory=SolverParams)
     dtype: Literal["float32", "float64"] = "float64"
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -279,7 +286,7 @@ class RunSpec(Section):
 class TrainParams(Section):
     """Optimization settings shared by every run, and the runs themselves."""
 
-    batch_size: PosInt = 16
+    batch_size: Count = 16
     lr: PosFloat = 1e-3
     weight_decay: Annotated[float, Field(ge=0)] = 0.0
     warmup_steps: Annotated[int, Field(ge=0)] = 20
@@ -288,8 +295,8 @@ class TrainParams(Section):
     grad_clip: PosFloat = 1.0
     checkpoint_every: PosInt = 500
     validate_every: PosInt = 250
-    validation_times: PosInt = 8
-    elbo_times: Annotated[int, Field(ge=0)] = 16
+    validation_times: Count = 8
+    elbo_times: Annotated[int, Field(ge=0, le=10**7)] = 16
     bf16: bool = False
     device: Literal["auto", "cpu", "cuda"] = "auto"
     processes: Annotated[int, Field(ge=1, le=64)] = 1
@@ -308,9 +315,16 @@ class TrainParams(Section):
     @field_validator("runs")
     @classmethod
     def _names(cls, runs: dict[str, RunSpec]) -> dict[str, RunSpec]:
-        bad = [name for name in runs if not re.fullmatch(r"[A-Za-z0-9_]+", name)]
+        bad = [name for name in runs if not re.fullmatch(rf"[A-Za-z0-9_]{{1,{MAX_NAME}}}", name)]
         if bad:
-            raise ValueError(f"run names must be letters, digits and '_', got {bad}")
+            raise ValueError(f"run names must be 1 to {MAX_NAME} letters, digits and '_', got "
+                             f"{[b[:MAX_NAME] + '...' if len(b) > MAX_NAME else b for b in bad]}")
+        reserved = [name for name in runs if name in RESERVED_RUN_NAMES
+                    or name.startswith(RESERVED_RUN_PREFIXES)]
+        if reserved:
+            raise ValueError(f"run names {reserved} are reserved for the evaluation's reference "
+                             f"rows ({', '.join(RESERVED_RUN_NAMES)}, "
+                             f"{', '.join(p + '*' for p in RESERVED_RUN_PREFIXES)})")
         return runs
 
 
@@ -318,9 +332,9 @@ class SampleParams(Section):
     """Sampling every trained run at several resolutions."""
 
     sampler: Literal["em", "ode"] = "em"
-    steps: PosInt = 50
-    n_samples: PosInt = 32
-    batch_size: PosInt = 32
+    steps: Count = 50
+    n_samples: Annotated[int, Field(ge=2, le=10**7)] = 32  # metrics need two samples
+    batch_size: Count = 32
     resolutions: Annotated[list[Annotated[int, Field(ge=4)]], Field(min_length=1)] = [
         16, 32, 64, 128
     ]
@@ -333,7 +347,7 @@ class SampleParams(Section):
 class EvaluateParams(Section):
     """Cross-resolution evaluation: bootstrap size, seed, and how many fields figures show."""
 
-    n_boot: Annotated[int, Field(ge=0)] = 200
+    n_boot: Annotated[int, Field(ge=0, le=10**7)] = 200
     seed: Annotated[int, Field(ge=0)] = 0
     samples_shown: Annotated[int, Field(ge=1, le=16)] = 4
     tolerance: Annotated[float, Field(gt=0)] = 1.5
@@ -350,7 +364,7 @@ class ReferenceParams(Section):
     """
 
     resolutions: list[Annotated[int, Field(le=4096)]] = [128]
-    train_samples: PosInt = 32
+    train_samples: Count = 32
 
     _powers = field_validator("resolutions")(_distinct_powers_of_two)
 
@@ -404,6 +418,14 @@ class Params(Section):
                     f"store.time: {self.store.time} is not one of the saved pde.times "
                     f"{self.pde.times}"
                 )
+            from mldiff.pde import get_system
+
+            species = get_system(self.pde.system, self.pde.parameters).species
+            absent = [s for s in self.store.species if s not in species]
+            if absent:
+                raise ValueError(f"store.species: {absent} are not species of pde.system "
+                                 f"{self.pde.system!r} {list(species)}")
+            self.check_split(self.pde.n_samples, "pde.n_samples")
         self._check_reference()
         if self.train.batch_size % self.train.processes:
             raise ValueError(
@@ -413,6 +435,21 @@ class Params(Section):
         for name, run in self.train.runs.items():
             self._check_run(name, run)
         return self
+
+    def check_split(self, n_samples: int, what: str) -> None:
+        """Raise ValueError unless ``store.split`` of ``n_samples`` gives the evaluation at least
+        two training and two test samples (and validation one when its fraction is positive)."""
+        from mldiff.datasets.store import split_sizes
+
+        fractions = list(self.store.split.model_dump().values())
+        try:
+            sizes = split_sizes(n_samples, fractions)
+        except MldiffError as exc:
+            raise ValueError(f"{what}: {exc}") from None
+        if sizes[0] < 2 or sizes[2] < 2:
+            raise ValueError(f"{what}: {n_samples} samples split by store.split {fractions} give "
+                             f"(train, validation, test) = {tuple(sizes)}; training and "
+                             "evaluation need at least 2 train and 2 test samples")
 
     def _check_reference(self) -> None:
         wanted = self.reference.resolutions
@@ -515,29 +552,150 @@ def _first_error(exc: ValidationError, source: str) -> MldiffError:
 
 
 def validate(raw: Any, source: str = "params") -> Params:
-    """Validate a params mapping; raise :class:`MldiffError` with one line on the first problem."""
+    """Validate a params mapping; raise :class:`MldiffError` with one line on the first problem.
+
+    Types are strict (JSON semantics): no ``True`` or ``"5"`` where an integer is expected,
+    integers are accepted for floats; every value must be plain data (see :func:`check_plain`).
+    """
     if not isinstance(raw, dict):
-        kind = type(raw).__name__
+        kind = "an empty file" if raw is None else type(raw).__name__
         raise MldiffError(f"{source}: expected a YAML mapping of sections, got {kind}")
+    check_plain(raw, source)
     try:
-        return Params.model_validate(raw)
+        return Params.model_validate_json(json.dumps(raw), strict=True)
     except ValidationError as exc:
         raise _first_error(exc, source) from None
     except MldiffError as exc:
         raise MldiffError(f"{source}: {exc}") from None
 
 
+MAX_DEPTH = 16  # nesting of mappings/lists in a params file
+MAX_NODES = 100_000  # YAML nodes after alias expansion
+MAX_BYTES = 1 << 20
+INT64 = 2**63 - 1
+TEMPLATE_KEYS = ("__use_yte__",)  # Snakemake would evaluate a file holding one as a template
+
+
+def check_plain(value: Any, source: str, key: tuple[Any, ...] = ()) -> None:
+    """Refuse anything but string-keyed mappings, lists, strings, booleans, None, integers of
+    at most 64 bits and finite floats, naming the dotted key."""
+    where = f"{source}: {_location(key)}"
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if not isinstance(k, str):
+                raise MldiffError(f"{where}: keys must be strings, got {k!r}")
+            if not key and k in TEMPLATE_KEYS:
+                raise MldiffError(f"{source}: {k}: templated params files are refused (a "
+                                  "template runs code before validation)")
+            check_plain(v, source, (*key, k))
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            check_plain(v, source, (*key, i))
+    elif isinstance(value, bool) or value is None or isinstance(value, str):
+        pass
+    elif isinstance(value, int):
+        if abs(value) > INT64:
+            raise MldiffError(f"{where}: expected an integer of at most 64 bits, got "
+                              f"{len(str(abs(value)))} digits")
+    elif isinstance(value, float):
+        if not math.isfinite(value):
+            raise MldiffError(f"{where}: expected a finite number, got {value}")
+    else:
+        raise MldiffError(f"{where}: expected plain data (mapping, list, string, number, "
+                          f"boolean or null), got {type(value).__name__}")
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """``SafeLoader`` with YAML 1.2 core scalars: ``true``/``false`` only (``yes``, ``on``,
+    ``y`` stay strings), decimal integers (no octal ``010``, no sexagesimal ``1:30``, no
+    ``1_000``), no timestamps or merge keys; a duplicated mapping key is an error."""
+
+    yaml_implicit_resolvers: dict = {}
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen = set()
+        for key_node, _ in node.value:
+            key = key_node.value if isinstance(key_node, yaml.ScalarNode) else id(key_node)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r}", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+for _tag, _regex, _first in (
+    ("bool", r"^(?:true|True|TRUE|false|False|FALSE)$", "tTfF"),
+    ("int", r"^[-+]?[0-9]+$", "-+0123456789"),
+    ("float", r"^(?:[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?"
+              r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$", "-+0123456789."),
+    ("null", r"^(?:~|null|Null|NULL|)$", ["~", "n", "N", ""]),
+):
+    _StrictLoader.add_implicit_resolver(f"tag:yaml.org,2002:{_tag}", re.compile(_regex),
+                                        list(_first))
+
+
+def _construct_decimal_int(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> int:
+    return int(loader.construct_scalar(node))  # base 10: "010" is ten
+
+
+_StrictLoader.add_constructor("tag:yaml.org,2002:int", _construct_decimal_int)
+
+
+def _bounded(node: yaml.Node, path: Path) -> None:
+    """Refuse documents nested deeper than MAX_DEPTH or larger than MAX_NODES once aliases
+    are expanded (a "billion laughs" file is a few hundred bytes); sizes are counted on the
+    node graph with memoization, never by expanding it."""
+    sizes: dict[int, int] = {}
+
+    def size(n: yaml.Node, depth: int) -> int:
+        if depth > MAX_DEPTH:
+            raise MldiffError(f"{path}: nested deeper than {MAX_DEPTH} levels")
+        if id(n) not in sizes:
+            children = (n.value if isinstance(n, yaml.SequenceNode) else
+                        [c for pair in n.value for c in pair]
+                        if isinstance(n, yaml.MappingNode) else [])
+            sizes[id(n)] = 1 + sum(size(c, depth + 1) for c in children)
+            if sizes[id(n)] > MAX_NODES:
+                raise MldiffError(f"{path}: more than {MAX_NODES} values once YAML aliases are "
+                                  "expanded")
+        return sizes[id(n)]
+
+    size(node, 0)
+
+
 def read_yaml(path: str | os.PathLike) -> Any:
-    """``yaml.safe_load`` of ``path`` with one-line errors naming the file."""
+    """Parse ``path`` (UTF-8, at most 1 MiB) with the strict, bounded loader
+    (:class:`_StrictLoader`, :func:`_bounded`); one-line errors naming the file."""
     path = Path(path)
     if not path.is_file():
-        raise MldiffError(f"{path}: params file not found")
+        what = "is a directory, not a params file" if path.is_dir() else "params file not found"
+        raise MldiffError(f"{path}: {what}")
     try:
-        return yaml.safe_load(path.read_text()) or {}
+        data = path.read_bytes()
+        if len(data) > MAX_BYTES:
+            raise MldiffError(f"{path}: larger than {MAX_BYTES} bytes; not a params file")
+        text = data.decode("utf-8")
+    except OSError as exc:
+        raise MldiffError(f"{path}: cannot read ({exc.strerror})") from None
+    except UnicodeDecodeError as exc:
+        raise MldiffError(f"{path}: not UTF-8 text (byte {exc.start})") from None
+    loader = _StrictLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _bounded(node, path)
+        return loader.construct_document(node)
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
+        mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
         where = f" (line {mark.line + 1})" if mark else ""
-        raise MldiffError(f"{path}: not valid YAML{where}") from None
+        problem = getattr(exc, "problem", None)
+        raise MldiffError(f"{path}: not valid YAML{where}{': ' + problem if problem else ''}"
+                          ) from None
+    except RecursionError:
+        raise MldiffError(f"{path}: nested deeper than {MAX_DEPTH} levels") from None
+    finally:
+        loader.dispose()
 
 
 def load_params(path: str | os.PathLike = "params.yaml") -> Params:

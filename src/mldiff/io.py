@@ -13,6 +13,7 @@ import glob
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -33,14 +34,40 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     of writers that were killed outright (SIGKILL) are removed by the next write.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale_temporaries(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _remove_stale_temporaries(path)
+    except OSError as exc:
+        raise MldiffError(f"{path}: cannot create or clean its folder ({_reason(exc)})") from None
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         yield tmp
         os.replace(tmp, path)
+    except OSError as exc:  # ENOSPC, EROFS, EDQUOT, EACCES...: one line, no partial file
+        raise MldiffError(f"{path}: cannot write ({_reason(exc)})") from None
     finally:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+
+
+def _reason(exc: BaseException) -> str:
+    """The OS's words for a failed write, found also in a library's wrapped error."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno is not None:
+            return os.strerror(seen.errno)
+        seen = seen.__cause__ or seen.__context__
+    return (str(exc).splitlines() or [type(exc).__name__])[0][:200]
+
+
+def write_failed(path: str | os.PathLike, exc: BaseException) -> MldiffError:
+    """A writer library's error (netCDF4/HDF5 reports a full disk as ``RuntimeError: NetCDF:
+    HDF error``) as one line naming ``path`` and the space left there."""
+    try:
+        free = f"{shutil.disk_usage(Path(path).parent).free} bytes free there"
+    except OSError:
+        free = "its folder is gone"
+    return MldiffError(f"{path}: cannot write ({_reason(exc)}; {free})")
 
 
 def _remove_stale_temporaries(path: Path) -> None:
@@ -132,7 +159,10 @@ def write_netcdf(ds: xr.Dataset, path: str | os.PathLike, chunk_dim: str = "samp
     ds.attrs.setdefault("Conventions", "CF-1.10")
     ds.attrs[CHECKSUM_ATTR] = checksum(ds)
     with atomic_path(path) as tmp:
-        ds.to_netcdf(tmp, engine="netcdf4", format="NETCDF4", encoding=encoding)
+        try:
+            ds.to_netcdf(tmp, engine="netcdf4", format="NETCDF4", encoding=encoding)
+        except RuntimeError as exc:
+            raise write_failed(path, exc) from None
 
 
 CHECKSUM_ATTR = "mldiff_sha256"

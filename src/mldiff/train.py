@@ -31,6 +31,7 @@ import signal
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from io import BytesIO
 from pathlib import Path
 from typing import Any
 
@@ -121,26 +122,35 @@ class Distributed:
 
 
 class Preempted(MldiffError):
-    """SIGTERM (as SLURM sends before preemption) arrived: checkpoint saved, exit to resume."""
+    """SIGTERM (as SLURM sends before preemption) or SIGINT (Ctrl-C) arrived: checkpoint saved,
+    exit to resume."""
+
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 @contextlib.contextmanager
-def sigterm_flag() -> Iterator[list[bool]]:
-    """Catch SIGTERM during training; the loop checkpoints and stops at the next step."""
-    flag = [False]
+def stop_flag() -> Iterator[list[str | None]]:
+    """Catch SIGTERM and SIGINT during training: ``flag[0]`` becomes the signal's name, and the
+    loop checkpoints and stops at the next step. A second Ctrl-C interrupts at once (the
+    checkpoint write is atomic either way)."""
+    flag: list[str | None] = [None]
 
     def handler(signum: int, frame: object) -> None:
-        flag[0] = True
+        flag[0] = signal.Signals(signum).name
+        if signum == signal.SIGINT:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
 
     try:
-        previous = signal.signal(signal.SIGTERM, handler)
+        previous = {sig: signal.signal(sig, handler) for sig in STOP_SIGNALS}
     except ValueError:  # not the main thread: leave signals alone
         yield flag
         return
     try:
         yield flag
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, old in previous.items():
+            signal.signal(sig, old)
 
 
 def pick_device(name: str) -> torch.device:
@@ -360,6 +370,7 @@ class Trainer:
             "step": 0, "history": [], "validation": [], "elapsed": 0.0, "samples": 0,
             "flops": 0.0,
         }
+        self.stopped_by: str | None = None
         self.autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16)
         self.flops = {n: 3.0 * expected_flops(self.net, self.process, n) for n, _ in self.schedule}
 
@@ -445,18 +456,20 @@ class Trainer:
     def fit(self, progress: bool, stop_after: int | None) -> bool:
         """Run the schedule from the current step; False if stopped early (checkpoint saved).
 
-        Stops early after ``stop_after`` total steps (tests) or on SIGTERM (preemption).
+        Stops early after ``stop_after`` total steps (tests), on SIGTERM (preemption) or on
+        SIGINT (Ctrl-C); ``self.stopped_by`` names the signal.
         """
         cfg, state = self.cfg, self.state
         bar = tqdm(total=self.total_steps, initial=state["step"], desc=self.run,
                    disable=not progress or not self.dist.writer)
         end = 0
-        with sigterm_flag() as terminated, bar:
+        with stop_flag() as stop, bar:
             for n, steps in self.schedule:
                 end += steps
                 x_train = self.data.train[n].to(self.device)
                 while state["step"] < end:
-                    if self.dist.any(terminated[0]) or state["step"] == stop_after:
+                    if self.dist.any(stop[0] is not None) or state["step"] == stop_after:
+                        self.stopped_by = stop[0] or "a signal to another rank"
                         self.save()
                         return False
                     self.step(x_train, n)
@@ -486,7 +499,7 @@ def train_run(
     ``level_paths`` maps every store level to its file (validation uses all of them).
     With ``resume``, a checkpoint made with the same params is continued. ``stop_after``
     stops after that many total steps with only a checkpoint written (returns ``{}``); SIGTERM
-    stops the same way and raises :class:`Preempted`.
+    and SIGINT (Ctrl-C) stop the same way and raise :class:`Preempted`.
     """
     torch.manual_seed(params.train.seed)
     trainer = Trainer(params, run, Data.load(level_paths), checkpoint)
@@ -497,8 +510,8 @@ def train_run(
             if stop_after is not None and trainer.state["step"] == stop_after:
                 return {}
             raise Preempted(
-                f"train {run}: SIGTERM at step {trainer.state['step']}; checkpoint saved to "
-                f"{checkpoint}, rerun with --resume to continue"
+                f"train {run}: {trainer.stopped_by} at step {trainer.state['step']}; checkpoint "
+                f"saved to {checkpoint}, rerun with --resume to continue"
             )
         if not trainer.dist.writer:
             return {}
@@ -507,6 +520,11 @@ def train_run(
         return summary
     finally:
         trainer.dist.close()
+
+
+# What `train` writes beside the model file.
+TRAIN_SIDE_OUTPUTS = LOSS_CSV, VALIDATION_CSV, SUMMARY_JSON = (
+    "loss.csv", "validation.csv", "train.json")
 
 
 def _write_outputs(out: Path, trainer: Trainer) -> dict[str, Any]:
@@ -541,15 +559,15 @@ def _write_outputs(out: Path, trainer: Trainer) -> dict[str, Any]:
     rows = ["step,level,lr,train_loss"] + [
         f"{s},{n},{lr:.6g},{loss:.6g}" for s, n, lr, loss in state["history"]
     ]
-    io.write_text(out.with_name("loss.csv"), "\n".join(rows) + "\n")
+    io.write_text(out.with_name(LOSS_CSV), "\n".join(rows) + "\n")
     header = ["step", "level", "elapsed_s"] + [f"val_loss_{n}" for n in levels]
     lines = [",".join(header)]
     for row in state["validation"]:
         values = [row["step"], row["level"], f"{row['elapsed']:.4f}"]
         values += [f"{row[str(n)]:.6g}" if str(n) in row else "" for n in levels]
         lines.append(",".join(map(str, values)))
-    io.write_text(out.with_name("validation.csv"), "\n".join(lines) + "\n")
-    io.write_json(out.with_name("train.json"), summary)
+    io.write_text(out.with_name(VALIDATION_CSV), "\n".join(lines) + "\n")
+    io.write_json(out.with_name(SUMMARY_JSON), summary)
     return summary
 
 
@@ -572,9 +590,12 @@ def validation_elbo(trainer: Trainer) -> dict[str, dict[str, float]]:
 
 
 def save_checkpoint(path: Path, obj: dict[str, Any]) -> None:
-    """``torch.save`` of tensors, numbers and strings only (loadable with weights_only)."""
+    """``torch.save`` of tensors, numbers and strings only (loadable with weights_only),
+    serialized in memory first so that a full disk is the OS's plain ``ENOSPC``."""
+    buffer = BytesIO()
+    torch.save(obj, buffer)
     with io.atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+        tmp.write_bytes(buffer.getbuffer())
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:

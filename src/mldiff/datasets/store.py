@@ -39,13 +39,9 @@ REQUIRED_ATTRS = ("level", "length", "origin", "boundary", "coarsening", "specie
 _CHUNK = 256  # samples coarsened at once (bounds float64/FFT temporaries)
 
 
-def split_indices(n_samples: int, fractions: Sequence[float], seed: int) -> dict[str, np.ndarray]:
-    """Disjoint sorted index arrays ``{"train", "validation", "test"}`` covering ``0 … N-1``.
-
-    Sizes: ``n_val = round(f_val N)``, ``n_test = round(f_test N)``, ``n_train`` the rest;
-    membership from ``torch.randperm(N)`` under ``torch.Generator().manual_seed(seed)``, so
-    it depends on ``(N, fractions, seed)`` only — the same at every level.
-    """
+def split_sizes(n_samples: int, fractions: Sequence[float]) -> list[int]:
+    """``[n_train, n_validation, n_test]``: ``n_val = round(f_val N)``, ``n_test = round(f_test
+    N)``, ``n_train`` the rest; each split with a positive fraction must get one sample."""
     f = [float(v) for v in fractions]
     if len(f) != 3 or min(f) < 0 or abs(sum(f) - 1) > 1e-6 or f[0] == 0:
         raise MldiffError(
@@ -59,6 +55,17 @@ def split_indices(n_samples: int, fractions: Sequence[float], seed: int) -> dict
             f"split: {n_samples} samples are too few for fractions {f} "
             f"(sizes would be {sizes}; each split with a positive fraction needs >= 1)"
         )
+    return sizes
+
+
+def split_indices(n_samples: int, fractions: Sequence[float], seed: int) -> dict[str, np.ndarray]:
+    """Disjoint sorted index arrays ``{"train", "validation", "test"}`` covering ``0 … N-1``.
+
+    Sizes from :func:`split_sizes`; membership from ``torch.randperm(N)`` under
+    ``torch.Generator().manual_seed(seed)``, so it depends on ``(N, fractions, seed)`` only —
+    the same at every level.
+    """
+    sizes = split_sizes(n_samples, fractions)
     perm = torch.randperm(n_samples, generator=torch.Generator().manual_seed(int(seed))).numpy()
     bounds = np.cumsum([0, *sizes])
     return {name: np.sort(perm[bounds[i] : bounds[i + 1]]) for i, name in enumerate(SPLITS)}

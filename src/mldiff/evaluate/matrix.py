@@ -53,7 +53,7 @@ import torch
 from tqdm.auto import tqdm
 
 from mldiff import io
-from mldiff.config import Params
+from mldiff.config import RESERVED_RUN_NAMES, Params
 from mldiff.datasets import denormalize, normalize, open_level, prolong, restrict
 from mldiff.datasets.source import CANONICAL_DIMS
 from mldiff.diffusion import build_prior, fit_prior_spec
@@ -64,9 +64,7 @@ from mldiff.evaluate.spectra import Spectrum, power_spectrum, spectrum_log_error
 
 log = logging.getLogger(__name__)
 
-REFERENCE = "reference"
-FLOOR = "heldout_vs_train"
-HELDOUT = "heldout_test"
+REFERENCE, HELDOUT, FLOOR = RESERVED_RUN_NAMES  # params refuse runs named like these rows
 COLUMNS = (
     "model", "kind", "network", "prior", "schedule", "train_level", "resolution",
     "compared_at", "reference_data", "resampled_from", "n_samples", "n_reference", "process",
@@ -554,8 +552,6 @@ def evaluate(
     seed = cfg.seed if seed is None else seed
     samples_shown = cfg.samples_shown if samples_shown is None else samples_shown
     runs = params.train.runs
-    if REFERENCE in runs:
-        raise MldiffError(f"train.runs: the name {REFERENCE!r} is reserved by the evaluation")
     store = Store.load(params, store_dir, reference_dir)
     groups = {run: f"{spec.network} / {spec.prior}" for run, spec in runs.items()}
     top = {}  # finest training level of each network/prior group: the curves' common level

@@ -1,0 +1,324 @@
+"""Round two of bad input, one table per class of failure: outputs that would destroy inputs,
+input that used to be accepted silently, input that used to end in a traceback. Every case
+exits 2 with one line naming the file or the dotted key, and leaves its folder unchanged."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+
+import pytest
+import yaml
+
+from helpers import run_cli
+from mldiff import cli, config
+from test_bad_input import merged
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory):
+    """A valid small study: params, raw data, store levels, a trained model and samples."""
+    root = tmp_path_factory.mktemp("tree")
+    params = root / "params.yaml"
+    params.write_text(yaml.safe_dump(merged({})))
+    steps = [
+        ["simulate", "--params", params, "--out", root / "raw.nc"],
+        *[["store", "--params", params, "--input", root / "raw.nc", "--level", n,
+           "--out", root / "store" / f"level_{n}.nc"] for n in (8, 16)],
+        ["train", "--params", params, "--run", "r", "--store", root / "store",
+         "--out", root / "models" / "r" / "model.pt"],
+        ["sample", "--params", params, "--model", root / "models" / "r" / "model.pt",
+         "--resolution", 16, "--out", root / "samples" / "r" / "n16.nc"],
+    ]
+    for argv in steps:
+        assert cli.main([str(a) for a in argv]) == 0, argv
+    return root
+
+
+def snapshot(folder):
+    """Every file (hidden ones included) under ``folder`` with the SHA-256 of its bytes."""
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def refused(capsys, folder, argv, *expected):
+    """Run ``mldiff argv``: exit 2, exactly one error line holding each of ``expected``, no
+    exception escaping (no traceback), ``folder`` byte for byte unchanged (no output, no
+    temporary)."""
+    before = snapshot(folder)
+    code, errors = run_cli(capsys, argv)
+    assert code == 2 and len(errors) == 1, (code, errors)
+    assert all(e in errors[0] for e in expected), (errors, expected)
+    assert snapshot(folder) == before
+
+
+@pytest.fixture
+def work(tree, tmp_path):
+    """A private copy of the valid study to break."""
+    dest = tmp_path / "w"
+    shutil.copytree(tree, dest)
+    return dest
+
+
+def _train(d, out, checkpoint=None):
+    argv = ["train", "--params", d / "params.yaml", "--run", "r", "--store", d / "store",
+            "--out", out]
+    return argv + (["--checkpoint", checkpoint] if checkpoint else [])
+
+
+def _evaluate(d, out, **flags):
+    args = {"store": d / "store", "samples": d / "samples", "models": d / "models", **flags}
+    return ["evaluate", "--params", d / "params.yaml",
+            *[a for k, v in args.items() for a in (f"--{k}", v)], "--out", out]
+
+
+# (id, argv from the study folder d, expected text): an output that is, holds or lies in an input
+DATA_LOSS = [
+    ("train --out is --checkpoint", lambda d: _train(d, d / "m.pt", d / "m.pt"),
+     "--checkpoint"),
+    ("train --out is a store level", lambda d: _train(d, d / "store" / "level_8.nc"),
+     "--out"),
+    ("train --checkpoint is a store level",
+     lambda d: _train(d, d / "m" / "model.pt", d / "store" / "level_16.nc"), "level_16.nc"),
+    ("train --out is the params file", lambda d: _train(d, d / "params.yaml"), "--params"),
+    ("train --out named like its summary", lambda d: _train(d, d / "m" / "train.json"),
+     "train.json"),
+    ("train --checkpoint where loss.csv goes",
+     lambda d: _train(d, d / "m" / "model.pt", d / "m" / "loss.csv"), "loss.csv"),
+    ("store --out is --input", lambda d: ["store", "--params", d / "params.yaml", "--input",
+                                         d / "raw.nc", "--level", 8, "--out", d / "raw.nc"],
+     "--input"),
+    ("store --out is --params", lambda d: ["store", "--params", d / "params.yaml", "--input",
+                                          d / "raw.nc", "--level", 8,
+                                          "--out", d / "params.yaml"], "--params"),
+    ("simulate --out is --params",
+     lambda d: ["simulate", "--params", d / "params.yaml", "--out", d / "params.yaml"],
+     "--params"),
+    ("sample --out is --model",
+     lambda d: ["sample", "--params", d / "params.yaml", "--model", d / "models/r/model.pt",
+                "--resolution", 16, "--out", d / "models/r/model.pt"], "--model"),
+    ("evaluate --out is --samples", lambda d: _evaluate(d, d / "samples"), "--samples"),
+    ("evaluate --out inside --store", lambda d: _evaluate(d, d / "store" / "results"),
+     "--store"),
+    ("evaluate --out holds --models", lambda d: _evaluate(d, d), "--out"),
+    ("report --out is --params",
+     lambda d: ["report", "--params", d / "params.yaml", "--results", d / "samples",
+                "--out", d / "params.yaml"], "--params"),
+    ("preset --out is the preset",
+     lambda d: ["preset", "tiny", "--out", config.PRESETS_DIR / "tiny.yaml"], "preset"),
+]
+
+
+@pytest.mark.parametrize(("make", "expected"), [c[1:] for c in DATA_LOSS],
+                         ids=[c[0] for c in DATA_LOSS])
+def test_outputs_never_overwrite_inputs(work, capsys, make, expected):
+    before = snapshot(config.PRESETS_DIR)
+    refused(capsys, work, make(work), expected)
+    assert snapshot(config.PRESETS_DIR) == before
+
+
+def _text(text):
+    return lambda path: path.write_text(text)
+
+
+ALIAS_BOMB = "a: &a [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
+    f"{b}: &{b} [{', '.join([f'*{a}'] * 10)}]\n" for a, b in zip("abcdef", "bcdefg", strict=True))
+
+# (id, writes the params file, expected text): params files that used to run the default study,
+# keep a value they should refuse, or end in a traceback
+PARAMS_FILES = [
+    ("empty file", _text(""), "expected a YAML mapping of sections, got an empty file"),
+    ("only a comment", _text("# nothing\n"), "got an empty file"),
+    ("a list", _text("[]\n"), "expected a YAML mapping of sections, got list"),
+    ("false", _text("false\n"), "got bool"),
+    ("zero", _text("0\n"), "got int"),
+    ("duplicate key", _text("seed: 1\nseed: 2\n"), "duplicate key 'seed'"),
+    ("duplicate nested key", _text("pde:\n  n: 16\n  n: 32\n"), "duplicate key 'n'"),
+    ("not UTF-8", lambda p: p.write_bytes(b"seed: \xff\xfe\n"), "not UTF-8"),
+    ("deep nesting", _text("pde:\n  parameters: " + "[" * 400 + "]" * 400 + "\n"),
+     "nested deeper than"),
+    ("deep mapping", _text("a:\n" + "".join("  " * k + f"k{k}:\n" for k in range(1, 30))),
+     "nested deeper than"),
+    ("alias bomb", _text(ALIAS_BOMB), "aliases are expanded"),
+    ("recursive alias", _text("a: &a [*a]\n"), "nested deeper than"),
+    ("templated (yte)", _text("__use_yte__: true\nseed: 1\n"), "__use_yte__: templated"),
+    ("python tag", _text("seed: !!python/object/apply:os.system [echo]\n"), "not valid YAML"),
+    ("binary value", _text("seed: !!binary aGVsbG8=\n"), "seed: expected plain data"),
+    ("a set", _text("store:\n  species: !!set {u}\n"), "store.species: expected plain data"),
+    ("integer key", _text("pde:\n  1: 2\n"), "pde: keys must be strings"),
+]
+
+
+@pytest.mark.parametrize(("write", "expected"), [c[1:] for c in PARAMS_FILES],
+                         ids=[c[0] for c in PARAMS_FILES])
+def test_bad_params_files_are_refused(tmp_path, capsys, write, expected):
+    path = tmp_path / "params.yaml"
+    write(path)
+    refused(capsys, tmp_path, ["simulate", "--params", path, "--out", tmp_path / "raw.nc"],
+            f"{path}: ", expected)
+
+
+# (id, YAML text merged into the small study, expected dotted key and text)
+PARAMS_VALUES = [
+    ("yes for an integer", "sample: {steps: yes}", "sample.steps: Input should be a valid integer"),
+    ("true for an integer", "sample: {steps: true}", "sample.steps: Input should be a valid"),
+    ("on for a boolean", "train: {bf16: on}", "train.bf16: Input should be a valid boolean"),
+    ("quoted number", "pde: {n: '16'}", "pde.n: Input should be a valid integer"),
+    ("sexagesimal", "seed: 1:30", "seed: Input should be a valid integer, got '1:30'"),
+    ("date", "seed: 2024-01-01", "seed: Input should be a valid integer"),
+    ("float for an integer", "pde: {n_samples: 8.5}", "pde.n_samples: Input should be a valid"),
+    ("nan origin", "pde: {origin: .nan}", "pde.origin: expected a finite number"),
+    ("inf length", "pde: {length: .inf}", "pde.length: expected a finite number"),
+    ("inf tolerance", "evaluate: {tolerance: .inf}", "evaluate.tolerance: expected a finite"),
+    ("nan in a list", "pde: {times: [0.5, .nan]}", "pde.times.1: expected a finite number"),
+    ("nan pde parameter", "pde: {parameters: {Du: .nan}}", "pde.parameters.Du: expected a"),
+    ("inf in process options", "diffusion: {options: {x: -.inf}}", "diffusion.options.x:"),
+    ("seed beyond 64 bits", "seed: 18446744073709551616", "seed: expected an integer of at most"),
+    ("count beyond 64 bits", "pde: {n_samples: 99999999999999999999999}", "pde.n_samples:"),
+    ("count too large to allocate", "sample: {n_samples: 100000000}",
+     "sample.n_samples: Input should be less than or equal to 10000000"),
+    ("one sample", "sample: {n_samples: 1}", "sample.n_samples: Input should be greater"),
+    ("reserved run name", "train: {runs: {reference: {network: fno, prior: matern, "
+     "schedule: [[8, 2]]}}}", "train.runs: run names ['reference'] are reserved"),
+    ("reserved run prefix", "train: {runs: {prior_matern: {network: fno, prior: matern, "
+     "schedule: [[8, 2]]}}}", "train.runs: run names ['prior_matern'] are reserved"),
+    ("run name of 300 characters", "train: {runs: {" + "r" * 300 + ": {network: fno, "
+     "prior: matern, schedule: [[8, 2]]}}}", "train.runs: run names must be 1 to 64"),
+    ("species the system lacks", "store: {species: [w]}", "store.species: ['w'] are not species"),
+    ("too few test samples", "store: {split: {train: 0.8, validation: 0.1, test: 0.1}}",
+     "pde.n_samples: 8 samples split by store.split"),
+    ("no test split", "store: {split: {train: 0.75, validation: 0.25, test: 0.0}}",
+     "pde.n_samples: 8 samples split by store.split [0.75, 0.25, 0.0] give"),
+]
+
+
+@pytest.mark.parametrize(("text", "expected"), [c[1:] for c in PARAMS_VALUES],
+                         ids=[c[0] for c in PARAMS_VALUES])
+def test_bad_params_values_are_refused(tmp_path, capsys, text, expected):
+    path = tmp_path / "params.yaml"
+    path.write_text(_splice(merged({}), text))
+    refused(capsys, tmp_path, ["simulate", "--params", path, "--out", tmp_path / "raw.nc"],
+            f"{path}: {expected}")
+
+
+def _splice(base, text):
+    """The study's YAML with the sections ``text`` touches written from ``text`` verbatim
+    (merged by hand, so that the raw spelling — ``yes``, ``.nan``, a huge integer — reaches
+    the loader)."""
+    raw = yaml.compose(text)
+    lines = []
+    for key_node, value_node in raw.value:
+        key = key_node.value
+        if isinstance(value_node, yaml.MappingNode) and isinstance(base.get(key), dict):
+            inner = {k.value: text[v.start_mark.index:v.end_mark.index]
+                     for k, v in value_node.value}
+            kept = {k: v for k, v in base[key].items() if k not in inner and
+                    not (key == "train" and k == "runs" and "runs" in inner)}
+            body = yaml.safe_dump(kept, default_flow_style=True, width=10**6).strip()[1:-1]
+            extra = ", ".join(f"{k}: {v}" for k, v in inner.items())
+            lines.append(f"{key}: {{{body}{', ' if body else ''}{extra}}}")
+        else:
+            lines.append(f"{key}: {text[value_node.start_mark.index:value_node.end_mark.index]}")
+        base = {k: v for k, v in base.items() if k != key}
+    return yaml.safe_dump(base) + "\n".join(lines) + "\n"
+
+
+def _mount(folder, options):
+    """Mount a tmpfs with ``options`` on ``folder``; False where that is not allowed."""
+    import os
+    import shutil
+    import subprocess
+
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        return False
+    return subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)],
+                          capture_output=True).returncode == 0
+
+
+@pytest.fixture
+def small_disk(tmp_path, monkeypatch):
+    """A folder on a real 16 KiB tmpfs (needs mount rights, e.g. root in a container); where
+    mounting is not allowed, writes there fail half-way with ENOSPC instead."""
+    import errno
+    import os
+    import subprocess
+
+    import xarray as xr
+
+    folder = tmp_path / "disk"
+    folder.mkdir()
+    mounted = _mount(folder, "size=16k")
+    if not mounted:
+        def full(write):
+            def partial(self, data, *args, **kwargs):
+                if not str(self).startswith(str(folder)):
+                    return write(self, data, *args, **kwargs)
+                write(self, data[: len(data) // 2], *args, **kwargs)
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self))
+            return partial
+
+        to_netcdf = xr.Dataset.to_netcdf
+
+        def to_netcdf_full(self, path=None, *args, **kwargs):
+            if not str(path).startswith(str(folder)):
+                return to_netcdf(self, path, *args, **kwargs)
+            to_netcdf(self.isel(sample=slice(0, 1)), path, *args, **kwargs)
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+
+        monkeypatch.setattr(xr.Dataset, "to_netcdf", to_netcdf_full)
+        from pathlib import Path
+        monkeypatch.setattr(Path, "write_bytes", full(Path.write_bytes))
+        monkeypatch.setattr(Path, "write_text", full(Path.write_text))
+    yield folder
+    if mounted:  # lazily: HDF5 keeps a failed file open until the process exits
+        subprocess.run(["umount", "-l", str(folder)], check=True)
+
+
+# (id, argv writing into folder f from study d, expected text)
+FULL_DISK = [
+    ("simulate", lambda d, f: ["simulate", "--params", d / "params.yaml", "--out", f / "raw.nc"],
+     "raw.nc: cannot write"),
+    ("store", lambda d, f: ["store", "--params", d / "params.yaml", "--input", d / "raw.nc",
+                            "--level", 16, "--out", f / "level_16.nc"],
+     "level_16.nc: cannot write"),
+    ("train", lambda d, f: _train(d, f / "model.pt", d / "ckpt.pt"), "model.pt: cannot write"),
+    ("sample", lambda d, f: ["sample", "--params", d / "params.yaml", "--model",
+                             d / "models/r/model.pt", "--resolution", 64,
+                             "--out", f / "n64.nc"], "n64.nc: cannot write"),
+]
+
+
+@pytest.mark.parametrize(("make", "expected"), [c[1:] for c in FULL_DISK],
+                         ids=[c[0] for c in FULL_DISK])
+def test_a_full_disk_leaves_no_output_and_no_temporary(work, small_disk, capsys, make,
+                                                       expected):
+    refused(capsys, small_disk, make(work, small_disk), expected)
+    assert not list(small_disk.iterdir())
+
+
+@pytest.fixture
+def read_only(tmp_path):
+    """A read-only folder: a read-only tmpfs mount (root ignores permission bits), else a
+    folder without write permission for an ordinary user."""
+    import os
+    import subprocess
+
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    mounted = _mount(folder, "ro,size=16k")
+    if not mounted:
+        if os.geteuid() == 0:
+            pytest.skip("root without mount rights cannot make a read-only folder")
+        folder.chmod(0o555)
+    yield folder
+    if mounted:
+        subprocess.run(["umount", str(folder)], check=True)
+    else:
+        folder.chmod(0o755)
+
+
+@pytest.mark.parametrize("inside", ["", "sub/"], ids=["in it", "in a new subfolder"])
+def test_a_read_only_folder_is_refused_before_anything_runs(work, read_only, capsys, inside):
+    out = read_only / inside / "raw.nc"
+    refused(capsys, read_only, ["simulate", "--params", work / "params.yaml", "--out", out],
+            f"--out {out}: folder {read_only} is not writable")
