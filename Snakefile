@@ -5,7 +5,13 @@ from snakemake.utils import min_version, validate
 
 min_version("8.20")
 
-configfile: "params.yaml"
+# params.yaml is read by mldiff's strict loader, not by `configfile:`: Snakemake would evaluate
+# a YTE template (`__use_yte__: true`, i.e. run its code) before any validation. mldiff refuses
+# templated files; values given with --config still override (and common.smk refuses them).
+from mldiff import config as mlconfig
+
+config.update(mlconfig.deep_merge(mlconfig.load_params("params.yaml").model_dump(mode="json"),
+                                  config))
 
 
 # Software environment for `--sdm conda` (every rule runs the `mldiff` CLI from it).

@@ -322,3 +322,22 @@ def test_a_read_only_folder_is_refused_before_anything_runs(work, read_only, cap
     out = read_only / inside / "raw.nc"
     refused(capsys, read_only, ["simulate", "--params", work / "params.yaml", "--out", out],
             f"--out {out}: folder {read_only} is not writable")
+
+
+def test_a_templated_params_file_is_refused_before_snakemake_runs_it(tmp_path):
+    """`configfile:` would evaluate a YTE template (code) during `snakemake -n`; the Snakefile
+    reads params.yaml with mldiff's loader, which refuses it first."""
+    import subprocess
+
+    from conftest import ROOT
+    from helpers import ENV
+
+    for name in ("Snakefile", "workflow"):
+        (shutil.copytree if (ROOT / name).is_dir() else shutil.copy)(ROOT / name, tmp_path / name)
+    (tmp_path / "params.yaml").write_text(
+        '__use_yte__: true\nseed: ?__import__("pathlib").Path("pwned").touch() or 1\n')
+    proc = subprocess.run(["snakemake", "-n", "--cores", "1"], cwd=tmp_path, env=ENV,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0 and "__use_yte__: templated params files are refused" in (
+        proc.stdout + proc.stderr)
+    assert not (tmp_path / "pwned").exists()
