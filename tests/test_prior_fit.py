@@ -21,7 +21,9 @@ import torch
 
 from mldiff import spectral
 from mldiff.diffusion import VPSDE, Fitted, GaussianScore, build_prior, sample_em
+from mldiff.errors import MldiffError
 from mldiff.models import build_model
+from mldiff.train import check_prior
 
 B = "periodic"
 
@@ -116,3 +118,27 @@ def test_trained_fno_blows_up_with_matern_q_and_not_with_the_fitted_prior():
         ratios[name] = float(s.var() / x.var())
     assert ratios["matern"] > 10, ratios
     assert 0.5 < ratios["fitted"] < 2, ratios
+
+
+def _geometry(boundary: str = B) -> dict:
+    return {"boundary": boundary, "length": 2.0, "species": ["A", "B"]}
+
+
+def test_prior_data_check_stops_on_data_rougher_than_the_forward_process_noises(caplog):
+    # Data with a flat spectrum against Q = Matérn γ = 3: at the finest shells c/λ ≈ 1e6 >
+    # 1/α(1)² ≈ 2.3e4, the forward process never noises them.
+    x = build_prior("white", scale=1 / 256).sample((64, 2), 16, B, torch.Generator(),
+                                                    torch.float64)
+    process = VPSDE(build_prior("matern", gamma=3.0), B)
+    with pytest.raises(MldiffError, match=r"^priors\.smooth: species A is rougher than Q "
+                       r"beyond what the forward process noises at wavenumbers [\d.]+-[\d.]+ "
+                       r".*use the prior fitted to the data .* or a smaller gamma$"):
+        check_prior(process, x, _geometry(), "smooth")
+    # Fitted to the same data: c/λ ≈ 1 in every shell, nothing to say.
+    check_prior(VPSDE(Fitted.fit(x, B), B), x, _geometry(), "fitted")
+    # Data far smoother than Q (a ring with a 1e-6 floor under white Q): a warning only.
+    ring = _ring().sample((64, 2), 16, B, torch.Generator(), torch.float64)
+    caplog.clear()
+    check_prior(VPSDE(build_prior("white"), B), ring, _geometry(), "white")
+    assert not [r for r in caplog.records if "rougher" in r.getMessage()]
+    assert any("smoother than the sampler resolves" in r.getMessage() for r in caplog.records)

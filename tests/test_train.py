@@ -243,3 +243,23 @@ def test_ctrl_c_checkpoints_and_resume_is_bit_identical(tmp_path, capsys):
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert history.read_text() == out.with_name("loss.csv").read_text()
     assert not checkpoint.exists()
+
+
+def test_the_fitted_prior_is_fitted_at_the_finest_level_and_kept_in_the_model_file(tmp_path):
+    from mldiff.diffusion import Fitted
+    from mldiff.sample import generate
+
+    paths = gaussian_store(tmp_path, samples=24)
+    raw = params_for((8, 16), [[8, 2], [16, 2]]).model_dump(mode="json")
+    raw["priors"] = {"fitted": {"name": "fitted", "params": {"margin": 0.5}}}
+    raw["train"]["runs"]["run"]["prior"] = "fitted"
+    out = tmp_path / "model.pt"
+    train_run(config.validate(raw), "run", paths, out, tmp_path / "c.pt", progress=False)
+    _, process, info = load_model(out, torch.device("cpu"))
+    expected = Fitted.fit(normalize(open_level(paths[16]), "train"), "neumann", margin=0.5)
+    assert info["spec"]["prior"]["params"] == json.loads(json.dumps(expected.params()))
+    torch.testing.assert_close(process.prior.eigenvalues(64, "neumann"),
+                               expected.eigenvalues(64, "neumann"))
+    ds = generate(out, 32, sampler="em", steps=5, n_samples=2, batch_size=2, seed=0,
+                  device="cpu", progress=False)
+    assert json.loads(ds.attrs["prior"])["params"]["knots"] == expected.knots

@@ -50,6 +50,7 @@ from mldiff.diffusion import (
     fit_prior_spec,
     switch_times_from_data,
 )
+from mldiff.diffusion.priors import shell_power
 from mldiff.errors import MldiffError
 from mldiff.models import build_model, count_parameters, estimate_flops
 
@@ -185,6 +186,41 @@ def resolve_prior(spec: dict[str, Any], data: Data) -> dict[str, Any]:
     prior = fit_prior_spec(spec["prior"], data.train[n], data.geometry["boundary"],
                            data.geometry["length"])
     return {**spec, "prior": prior}
+
+
+def check_prior(process: ForwardProcess, x: torch.Tensor, geometry: dict[str, Any],
+                key: str) -> None:
+    """Compare the data's spectrum with Q's before training (VP-type processes).
+
+    With ``ρ_s = c_s / λ_s`` per species and shell of the normalized training fields ``x`` at
+    the run's finest level (:func:`~mldiff.diffusion.priors.shell_power`): where
+    ``ρ_s > 1 / α(1)²`` the data are rougher than Q beyond what the forward process noises
+    (``p_1`` is not ``N(0, Q)`` there and sampling starts from the wrong law): MldiffError
+    naming ``priors.<key>``, the band and the remedy. Where ``ρ_s < σ(t_min)²`` the data are
+    smoother than the sampler resolves (samples keep Q's texture ``σ(t_min)² λ``): a warning.
+    """
+    if not (hasattr(process, "alpha_sigma") and hasattr(process, "prior")):
+        return
+    knots, ratio = shell_power(x, geometry["boundary"], geometry["length"], process.prior)
+    alpha, sigma = process.alpha_sigma(torch.tensor([process.t_max, process.t_min],
+                                                    dtype=torch.float64))
+    high, low = float(alpha[0] ** -2), float(sigma[1] ** 2)
+    remedy = "use the prior fitted to the data (priors: {fitted: {name: fitted}})"
+    for c, species in enumerate(geometry["species"]):
+        for bad, words, fix, bound in ((ratio[c] > high, "rougher than Q beyond what the "
+                                        "forward process noises", "a smaller gamma", high),
+                                       (ratio[c] < low, "smoother than the sampler resolves "
+                                        "(samples keep Q's texture)", "a larger gamma", low)):
+            if not bool(bad.any()):
+                continue
+            band = knots[bad]
+            text = (f"priors.{key}: species {species} is {words} at wavenumbers "
+                    f"{float(band.min()):.3g}-{float(band.max()):.3g} (data/Q spectrum "
+                    f"{float(ratio[c][bad].max() if bound == high else ratio[c][bad].min()):.3g}"
+                    f" vs {bound:.3g}); {remedy} or {fix}")
+            if bound == high:
+                raise MldiffError(text)
+            log.warning(text)
 
 
 def resolve_switch_times(spec: dict[str, Any], data: Data) -> dict[str, Any]:
@@ -347,6 +383,8 @@ class Trainer:
         self.schedule = [(int(n), int(s)) for n, s in self.spec["schedule"]]
         self.geometry = {**data.geometry, "resolution": self.schedule[0][0]}
         self.net, self.process = build_components(self.spec, self.geometry)
+        check_prior(self.process, data.train[self.schedule[-1][0]], data.geometry,
+                    params.train.runs[run].prior)
         self.net.to(device)
         # A process with parameters (a learned diffusion) is trained jointly with the network.
         self.learned = self.process if isinstance(self.process, torch.nn.Module) else None

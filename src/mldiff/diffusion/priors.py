@@ -299,31 +299,20 @@ class Fitted(Prior):
         length: float = 2.0,
         scale: float = 1.0,
     ) -> Fitted:
-        """The prior of fields ``x (N, C, n, n)``: per species and shell ``s`` (the modes with
-        ``round(|k| / k_1) = s``, ``k_1 = 2π/L`` periodic, ``π/L`` no-flux, ``s ≤ n/2`` resp.
-        ``n − 1``; knot ``k_s`` = their mean ``|k|``) the mean
-        second moment of the function coefficients, ``P_s = mean |ĉ_k / n|²`` over samples and
-        the shell's modes (uncentred: the process noises ``x`` itself);
-        floored at ``1e-12 · max P``; ``log P`` smoothed by a (1, 2, 1)/4 filter over
-        ``s ≥ 1``. The decay is the least-squares slope ``p`` of ``log P`` against ``log k``
-        over the upper half of the shells, less ``margin`` (Q slightly rougher than the data
-        beyond the band, keeping them inside its support), floored at :data:`MIN_DECAY`.
+        """The prior of fields ``x (N, C, n, n)``: per species and shell ``s`` the mean second
+        moment ``P_s`` of :func:`shell_power` (uncentred: the process noises ``x`` itself),
+        floored at ``1e-12 · max P``; ``log P`` smoothed by a (1, 2, 1)/4 filter over the
+        shells ``2 … top − 1``; knots at the shells' mean ``|k|``. The decay is the
+        least-squares slope ``p`` of ``log P`` against ``log k`` over the upper half of the
+        shells, less ``margin`` (Q slightly rougher than the data beyond the band, keeping
+        them inside its support), floored at :data:`MIN_DECAY`.
         """
-        boundary = check_boundary(boundary)
-        if x.ndim != 4 or x.shape[-1] != x.shape[-2] or len(x) < 1:
-            raise MldiffError(f"x: expected fields (N, C, n, n), got {tuple(x.shape)}")
-        n = check_grid(x.shape[-1])
-        power = (spectral.forward(x.double().cpu(), boundary) / n).abs().square().mean(0)
-        unit = (2.0 if boundary == "periodic" else 1.0) * math.pi / length
-        k = spectral.wavenumber_squared(n, length, boundary).sqrt()
-        shell = (k / unit).round()
-        top = n // 2 if boundary == "periodic" else n - 1
-        shells = torch.stack([power[:, shell == s].mean(-1) for s in range(top + 1)], dim=1)
+        knots, shells = shell_power(x, boundary, length)
+        top = len(knots) - 1
         shells = shells.clamp_min(1e-12 * shells.amax(1, keepdim=True))
         logs = shells.log()
         if top >= 3:
             logs[:, 2:-1] = (logs[:, 1:-2] + 2 * logs[:, 2:-1] + logs[:, 3:]) / 4
-        knots = torch.stack([k[shell == s].mean() for s in range(top + 1)])
         upper = slice(max(1, top // 2), top + 1)
         log_k = knots[upper].log()
         centred = log_k - log_k.mean()
@@ -352,6 +341,28 @@ class Fitted(Prior):
             beyond = values[-1] * (np.maximum(k, last) / last) ** (-decay)
             rows.append(torch.from_numpy(np.where(k <= last, inside, beyond)))
         return rows[0] if len(rows) == 1 else torch.stack(rows)
+
+
+def shell_power(
+    x: torch.Tensor, boundary: Boundary, length: float, prior: Prior | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(knots (S,), P (C, S))``: per species the mean of ``|ĉ_k / n|²`` (over samples and the
+    modes of shell ``s``, ``round(|k| / k_1) = s``, ``s ≤ n/2`` periodic, ``n − 1`` no-flux) of
+    fields ``x (N, C, n, n)``, divided by ``λ_k`` of ``prior`` when given; knots are the shells'
+    mean ``|k|``."""
+    boundary = check_boundary(boundary)
+    if x.ndim != 4 or x.shape[-1] != x.shape[-2] or len(x) < 1:
+        raise MldiffError(f"x: expected fields (N, C, n, n), got {tuple(x.shape)}")
+    n = check_grid(x.shape[-1])
+    power = (spectral.forward(x.double().cpu(), boundary) / n).abs().square().mean(0)
+    if prior is not None:
+        power = power / prior.eigenvalues(n, boundary)
+    unit = (2.0 if boundary == "periodic" else 1.0) * math.pi / length
+    k = spectral.wavenumber_squared(n, length, boundary).sqrt()
+    shell = (k / unit).round()
+    top = n // 2 if boundary == "periodic" else n - 1
+    knots = torch.stack([k[shell == s].mean() for s in range(top + 1)])
+    return knots, torch.stack([power[:, shell == s].mean(-1) for s in range(top + 1)], dim=1)
 
 
 def fit_prior_spec(spec: dict[str, Any], x: torch.Tensor, boundary: Boundary,
