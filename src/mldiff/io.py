@@ -12,6 +12,7 @@ import datetime as _dt
 import glob
 import hashlib
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -146,8 +147,9 @@ def write_netcdf(ds: xr.Dataset, path: str | os.PathLike, chunk_dim: str = "samp
     """Write ``ds`` to NetCDF4 atomically, zlib-compressed and chunked one ``chunk_dim`` per chunk.
 
     Data variables with ``chunk_dim`` get chunks of size 1 along it and full size elsewhere.
-    The SHA-256 of the data variables goes into ``attrs["mldiff_sha256"]``;
-    :func:`open_dataset` verifies it.
+    The SHA-256 of the data variables goes into ``attrs["mldiff_sha256"]``, that of the other
+    global attributes into ``attrs["mldiff_attrs_sha256"]``; :func:`open_dataset` verifies
+    both (a hand-edited ``level`` is as much a modification as an edited value).
     """
     encoding = {}
     for name, var in ds.data_vars.items():
@@ -158,6 +160,7 @@ def write_netcdf(ds: xr.Dataset, path: str | os.PathLike, chunk_dim: str = "samp
     ds = ds.copy()
     ds.attrs.setdefault("Conventions", "CF-1.10")
     ds.attrs[CHECKSUM_ATTR] = checksum(ds)
+    ds.attrs[ATTRS_CHECKSUM_ATTR] = attrs_checksum(ds.attrs)
     with atomic_path(path) as tmp:
         try:
             ds.to_netcdf(tmp, engine="netcdf4", format="NETCDF4", encoding=encoding)
@@ -166,6 +169,7 @@ def write_netcdf(ds: xr.Dataset, path: str | os.PathLike, chunk_dim: str = "samp
 
 
 CHECKSUM_ATTR = "mldiff_sha256"
+ATTRS_CHECKSUM_ATTR = "mldiff_attrs_sha256"
 
 
 def checksum(ds: xr.Dataset) -> str:
@@ -176,6 +180,72 @@ def checksum(ds: xr.Dataset) -> str:
         digest.update(f"{name}|{values.dtype.str}|{values.shape}|".encode())
         digest.update(values.tobytes())
     return digest.hexdigest()
+
+
+def _plain(value: Any) -> Any:
+    """An attribute as NetCDF gives it back: numpy scalars and arrays as Python values, a
+    one-element list as its element."""
+    if isinstance(value, np.ndarray | list | tuple):
+        items = [_plain(v) for v in value]
+        return items[0] if len(items) == 1 else items
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def attrs_checksum(attrs: Mapping[str, Any]) -> str:
+    """SHA-256 of the global attributes (the checksum attributes excepted), as plain JSON."""
+    plain = {str(k): _plain(v) for k, v in attrs.items()
+             if k not in (CHECKSUM_ATTR, ATTRS_CHECKSUM_ATTR)}
+    return hashlib.sha256(json.dumps(plain, sort_keys=True, default=str).encode()).hexdigest()
+
+
+_REQUIRED = object()
+
+
+def attr(attrs: Mapping[str, Any], path: str | os.PathLike, name: str, kind: Any = str,
+         default: Any = _REQUIRED) -> Any:
+    """Attribute ``name`` of the file at ``path``, parsed defensively as ``kind``: ``int``
+    (integral, at most 64 bits), ``float`` (finite), ``str``, ``"words"`` (a space-separated
+    list of names) or ``"json"`` (a JSON object). A missing attribute gives ``default`` or, when
+    there is none, like a malformed one, one line naming the file and the attribute."""
+    if name not in attrs:
+        if default is not _REQUIRED:
+            return default
+        raise MldiffError(f"{path}: attribute {name!r} is missing (not written by this mldiff)")
+    value = _plain(attrs[name])
+    expected = {int: "an integer", float: "a finite number", str: "text",
+                "words": "space-separated names", "json": "a JSON object"}[kind]
+    try:
+        if kind is int:
+            number = float(value) if isinstance(value, str) else value
+            if isinstance(number, bool) or not isinstance(number, int | float):
+                raise ValueError
+            if not (math.isfinite(number) and number == int(number)
+                    and abs(int(number)) < 2**63):
+                raise ValueError
+            return int(number)
+        if kind is float:
+            if isinstance(value, bool) or not isinstance(value, int | float | str):
+                raise ValueError
+            number = float(value)
+            if not math.isfinite(number):
+                raise ValueError
+            return number
+        if not isinstance(value, str):
+            raise ValueError
+        if kind == "words":
+            if not value.split():
+                raise ValueError
+            return value.split()
+        if kind == "json":
+            parsed = json.loads(value)
+            if not isinstance(parsed, dict):
+                raise ValueError
+            return parsed
+        return value
+    except (ValueError, TypeError, OverflowError):
+        shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
+        raise MldiffError(f"{path}: attribute {name!r} is {shown}, expected {expected}"
+                          ) from None
 
 
 def open_dataset(
@@ -202,6 +272,9 @@ def open_dataset(
     recorded = ds.attrs.get(CHECKSUM_ATTR)
     if recorded is not None and recorded != checksum(ds):
         raise MldiffError(f"{path}: checksum mismatch (the file was modified or corrupted)")
+    recorded = ds.attrs.get(ATTRS_CHECKSUM_ATTR)
+    if recorded is not None and recorded != attrs_checksum(ds.attrs):
+        raise MldiffError(f"{path}: attribute checksum mismatch (attributes were edited)")
     missing = [v for v in variables if v not in ds.data_vars]
     if missing:
         raise MldiffError(

@@ -312,25 +312,35 @@ class Data:
     @classmethod
     def load(cls, paths: dict[int, Path]) -> Data:
         train, validation, geometry, stats = {}, {}, {}, {}
+        first = None
         for n, path in sorted(paths.items()):
-            ds = open_level(path)
-            if int(ds.attrs["level"]) != n:
+            ds = open_level(path)  # attributes parsed and checked there
+            if ds.attrs["level"] != n:
                 raise MldiffError(f"{path}: holds level {ds.attrs['level']}, expected {n}")
             train[n], validation[n] = normalize(ds, "train"), normalize(ds, "validation")
+            if len(train[n]) == 0:
+                raise MldiffError(f"{path}: no sample has split code 0 (train); rebuild the "
+                                  "level with `mldiff store`")
             here = {
-                "boundary": str(ds.attrs["boundary"]),
-                "origin": float(ds.attrs["origin"]),
-                "length": float(ds.attrs["length"]),
-                "species": str(ds.attrs["species"]).split(),
+                "boundary": ds.attrs["boundary"],
+                "origin": ds.attrs["origin"],
+                "length": ds.attrs["length"],
+                "species": ds.attrs["species"].split(),
                 "channels": train[n].shape[1],
             }
-            if geometry and here != geometry:
-                raise MldiffError(f"{path}: geometry {here} differs from the other levels")
-            geometry = here
-            stats = {
+            level_stats = {
                 "mean": [float(v) for v in ds["norm_mean"].values],
                 "std": [float(v) for v in ds["norm_std"].values],
+                "split": ds["split"].values.tolist(),
             }
+            if first is not None and here != geometry:
+                raise MldiffError(f"{path}: geometry {here} differs from {first}'s {geometry}")
+            if first is not None and level_stats != stats:
+                raise MldiffError(f"{path}: normalization statistics or splits differ from "
+                                  f"{first}'s: the levels come from different raw data; "
+                                  "rebuild the store")
+            first, geometry, stats = first or path, here, level_stats
+        stats = {k: stats[k] for k in ("mean", "std")}
         return cls(train, validation, geometry, stats)
 
 
@@ -659,8 +669,24 @@ def load_model(path: Path, device: torch.device) -> tuple[torch.nn.Module, Forwa
     obj = load_checkpoint(path)
     if "ema" not in obj or "spec" not in obj:
         raise MldiffError(f"{path}: a training checkpoint, not a trained model file")
-    info = {k: json.loads(obj[k]) for k in ("spec", "geometry", "stats", "summary")}
-    net, process = build_components(info["spec"], info["geometry"])
+    info = {k: io.attr(obj, path, k, "json") for k in ("spec", "geometry", "stats", "summary")}
+    geometry, stats = info["geometry"], info["stats"]
+    try:
+        channels = geometry["channels"]
+        if not (isinstance(channels, int) and len(geometry["species"]) == channels
+                == len(stats["mean"]) == len(stats["std"])
+                and isinstance(geometry["resolution"], int) and 4 <= geometry["resolution"]):
+            raise ValueError("channels, species, stats and resolution disagree")
+        net, process = build_components(info["spec"], geometry)
+    except MldiffError as exc:
+        raise MldiffError(f"{path}: {exc}") from None
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise MldiffError(f"{path}: its spec, geometry or stats are not ones this mldiff "
+                          f"builds ({type(exc).__name__}: {exc})") from None
+    bad = [k for k, v in obj["ema"].items() if v.is_floating_point() and not v.isfinite().all()]
+    if bad:
+        raise MldiffError(f"{path}: weights {bad[:3]} hold NaN or inf (a diverged or damaged "
+                          "model); retrain it")
     try:
         net.load_state_dict(obj["ema"])
         if isinstance(process, torch.nn.Module):

@@ -31,7 +31,8 @@ import xarray as xr
 from mldiff.datasets.coarsen import METHODS, restrict
 from mldiff.datasets.source import CANONICAL_DIMS, canonical_dataset
 from mldiff.errors import MldiffError
-from mldiff.io import open_dataset, provenance
+from mldiff.io import attr, open_dataset, provenance
+from mldiff.spectral import BOUNDARIES
 
 SPLITS: tuple[str, str, str] = ("train", "validation", "test")
 RESERVED = ("split", "norm_mean", "norm_std", "species", "sample", "y", "x")
@@ -204,10 +205,23 @@ def open_level(path: str | os.PathLike) -> xr.Dataset:
     absent = [a for a in REQUIRED_ATTRS if a not in ds.attrs]
     if absent:
         raise MldiffError(f"{path}: not a level file (missing attrs {absent})")
-    species = str(ds.attrs["species"]).split()
+    # Parsed once here, defensively; callers read the plain values back from ds.attrs.
+    kinds = {"level": int, "length": float, "origin": float, "boundary": str,
+             "coarsening": str, "species": "words"}
+    parsed = {name: attr(ds.attrs, path, name, kind) for name, kind in kinds.items()}
+    species, n = parsed["species"], parsed["level"]
+    if parsed["boundary"] not in BOUNDARIES:
+        raise MldiffError(f"{path}: attribute 'boundary' is {parsed['boundary']!r}, expected one "
+                          f"of {BOUNDARIES}")
+    if not (4 <= n <= 4096 and parsed["length"] > 0):
+        raise MldiffError(f"{path}: attributes level={n}, length={parsed['length']}; expected a "
+                          "level from 4 to 4096 and a positive length")
+    ds.attrs.update({**parsed, "species": " ".join(species)})
     if list(map(str, ds["species"].values)) != species:
-        raise MldiffError(f"{path}: species coord {ds['species'].values} != attr {species}")
-    n = int(ds.attrs["level"])
+        raise MldiffError(f"{path}: species coord {list(map(str, ds['species'].values))} != "
+                          f"attribute {species}")
+    if ds.sizes["sample"] == 0:
+        raise MldiffError(f"{path}: holds no samples")
     for s in species:
         if s not in ds.data_vars or ds[s].dims != CANONICAL_DIMS:
             raise MldiffError(f"{path}: expected variable {s!r} over {CANONICAL_DIMS}")

@@ -132,7 +132,9 @@ class Store:
                 raise MldiffError(f"{path}: geometry or statistics differ from the store levels")
             geometry = here
             if n in simulated:
-                laws[n] = {k: ds.attrs[k] for k in ("reference_law", "relative_l2_to_store")}
+                laws[n] = {"reference_law": io.attr(ds.attrs, path, "reference_law"),
+                           "relative_l2_to_store":
+                               io.attr(ds.attrs, path, "relative_l2_to_store", float)}
             for split in fields:
                 fields[split][n] = normalize(ds, split)
                 if len(fields[split][n]) < 2:
@@ -276,7 +278,9 @@ def load_samples(path: Path, run: str, n: int, store: Store) -> tuple[torch.Tens
     """Normalized samples ``(N, C, n, n)`` of ``run`` at ``n`` and facts about them: the forward
     process, ``resampled_from`` and the sampling cost per sample (wall time, grid points the
     network evaluated: what dimensionality-varying diffusion saves)."""
-    ds = io.open_dataset(path, dims=CANONICAL_DIMS)
+    ds = io.open_dataset(path, variables=tuple(store.species), dims=CANONICAL_DIMS)
+    if ds.sizes["sample"] < 2:
+        raise MldiffError(f"{path}: holds {ds.sizes['sample']} samples; metrics need at least 2")
     expected = {"run": run, "resolution": n, "boundary": store.boundary}
     for key, value in expected.items():
         if str(ds.attrs.get(key)) != str(value):
@@ -284,16 +288,14 @@ def load_samples(path: Path, run: str, n: int, store: Store) -> tuple[torch.Tens
                               f"expected {value!r}")
     if (ds.sizes["y"], ds.sizes["x"]) != (n, n):
         raise MldiffError(f"{path}: grid {ds.sizes['y']}x{ds.sizes['x']}, expected {n}x{n}")
-    missing = [s for s in store.species if s not in ds.data_vars]
-    if missing:
-        raise MldiffError(f"{path}: species {missing} missing; the store has {store.species}")
     x = np.stack([ds[s].values for s in store.species], axis=1).astype(np.float32)
     count = len(x)
     info = {
-        "resampled_from": int(ds.attrs.get("resampled_from", 0)),
-        "process": json.loads(ds.attrs.get("process", "{}")).get("process", ""),
-        "sampling_s_per_sample": float(ds.attrs.get("sampling_time_s", np.nan)) / count,
-        "network_points_per_sample": float(ds.attrs.get("network_points", np.nan)) / count,
+        "resampled_from": io.attr(ds.attrs, path, "resampled_from", int, 0),
+        "process": str(io.attr(ds.attrs, path, "process", "json", {}).get("process", "")),
+        "sampling_s_per_sample": io.attr(ds.attrs, path, "sampling_time_s", float, np.nan) / count,
+        "network_points_per_sample":
+            io.attr(ds.attrs, path, "network_points", float, np.nan) / count,
     }
     return store.normalize(torch.from_numpy(x)), info
 
@@ -450,20 +452,30 @@ def read_training(
         summary = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
         raise MldiffError(f"{path}: not a readable train.json ({type(exc).__name__})") from None
-    flat = {k: float(summary[k]) for k in
+    if not isinstance(summary, dict):
+        raise MldiffError(f"{path}: expected a JSON object")
+    flat = {k: io.attr(summary, path, k, float) for k in
             ("steps", "samples_seen", "estimated_flops", "wall_time_s", "parameters")
             if k in summary}
-    for n, v in summary.get("final_validation_loss", {}).items():
-        flat[f"final_validation_loss_{n}"] = float(v)
+    losses = summary.get("final_validation_loss", {})
+    if not isinstance(losses, dict):
+        raise MldiffError(f"{path}: final_validation_loss: expected a JSON object")
+    for n in losses:
+        flat[f"final_validation_loss_{n}"] = io.attr(losses, path, n, float)
     path = path.with_name("validation.csv")
     try:
         with open(path, newline="") as f:
             table = list(csv.DictReader(f))
-    except OSError:
-        raise MldiffError(f"{path}: validation curve not found") from None
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise MldiffError(f"{path}: not a readable validation curve ({type(exc).__name__})"
+                          ) from None
     for level in levels:
         column = f"val_loss_{level}"
-        points = [(float(r["elapsed_s"]), float(r[column])) for r in table if r.get(column)]
+        try:
+            points = [(float(r["elapsed_s"]), float(r[column])) for r in table if r.get(column)]
+        except (KeyError, TypeError, ValueError) as exc:
+            raise MldiffError(f"{path}: column elapsed_s or {column} holds a value that is not a "
+                              f"number ({exc})") from None
         if points:
             elapsed, loss = np.array(points).T
             return flat, {"level": level, "elapsed_s": elapsed, "loss": loss}

@@ -13,6 +13,7 @@ import base64
 import csv
 import html
 import json
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -269,8 +270,16 @@ def _training(params: Params, metrics: Mapping[str, Any]) -> str:
 
 def _figures(figure_dir: Path, captions: Sequence[Mapping[str, str]]) -> str:
     parts = []
+    where = figure_dir / "captions.json"
+    if not isinstance(captions, list):
+        raise MldiffError(f"{where}: expected a list of {{file, caption}}")
     for item in captions:
-        path = figure_dir / item["file"]
+        name = item.get("file") if isinstance(item, dict) else None
+        if not (isinstance(name, str) and re.fullmatch(r"[\w.-]+\.png", name)
+                and isinstance(item.get("caption"), str)):
+            raise MldiffError(f"{where}: entry {str(item)[:80]!r}: expected a PNG file name in "
+                              "that folder and a caption (no paths: nothing else is embedded)")
+        path = figure_dir / name
         try:
             data = base64.b64encode(path.read_bytes()).decode("ascii")
         except OSError:
