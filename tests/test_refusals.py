@@ -17,10 +17,12 @@ from test_bad_input import merged
 
 @pytest.fixture(scope="module")
 def tree(tmp_path_factory):
-    """A valid small study: params, raw data, store levels, a trained model and samples."""
+    """A valid small study: params, raw data, store levels, a trained model, samples and
+    evaluation results."""
     root = tmp_path_factory.mktemp("tree")
     params = root / "params.yaml"
-    params.write_text(yaml.safe_dump(merged({})))
+    params.write_text(yaml.safe_dump(merged({"evaluate": {"n_boot": 4},
+                                             "reference": {"resolutions": []}})))
     steps = [
         ["simulate", "--params", params, "--out", root / "raw.nc"],
         *[["store", "--params", params, "--input", root / "raw.nc", "--level", n,
@@ -29,6 +31,8 @@ def tree(tmp_path_factory):
          "--out", root / "models" / "r" / "model.pt"],
         ["sample", "--params", params, "--model", root / "models" / "r" / "model.pt",
          "--resolution", 16, "--out", root / "samples" / "r" / "n16.nc"],
+        ["evaluate", "--params", params, "--store", root / "store", "--samples",
+         root / "samples", "--models", root / "models", "--out", root / "results"],
     ]
     for argv in steps:
         assert cli.main([str(a) for a in argv]) == 0, argv
@@ -341,3 +345,167 @@ def test_a_templated_params_file_is_refused_before_snakemake_runs_it(tmp_path):
     assert proc.returncode != 0 and "__use_yte__: templated params files are refused" in (
         proc.stdout + proc.stderr)
     assert not (tmp_path / "pwned").exists()
+
+
+def _attrs(path, foreign=True, **attrs):
+    """Edit global attributes of a NetCDF file in place, like a user with ncatted; ``foreign``
+    also drops mldiff's checksums (a file from another tool or version)."""
+    import netCDF4
+
+    from mldiff import io
+
+    with netCDF4.Dataset(path, "a") as nc:
+        for key, value in attrs.items():
+            nc.setncattr(key, value)
+        for key in (io.CHECKSUM_ATTR, io.ATTRS_CHECKSUM_ATTR) if foreign else ():
+            nc.delncattr(key)
+    return path
+
+
+def _all_test_split(path):
+    import netCDF4
+
+    _attrs(path)
+    with netCDF4.Dataset(path, "a") as nc:
+        nc["split"][:] = 2
+    return path
+
+
+def _model(d, **changes):
+    """Rewrite the trained model file with ``changes`` (``ema_nan``: a NaN weight)."""
+    import torch
+
+    path = d / "models" / "r" / "model.pt"
+    obj = torch.load(path, weights_only=True)
+    if changes.pop("ema_nan", False):
+        key = next(k for k, v in obj["ema"].items() if v.is_floating_point())
+        obj["ema"][key] = obj["ema"][key].clone().fill_(float("nan"))
+    obj.update(changes)
+    torch.save(obj, path)
+    return path
+
+
+def _samples(d, edit):
+    import xarray as xr
+
+    path = d / "samples" / "r" / "n16.nc"
+    with xr.open_dataset(path) as ds:
+        ds = edit(ds.load())
+    ds.attrs.pop("mldiff_sha256", None)
+    ds.attrs.pop("mldiff_attrs_sha256", None)
+    for var in ds.variables.values():
+        var.encoding = {}
+    ds.to_netcdf(path)
+    return path
+
+
+def _other_simulation(d):
+    """level_16.nc rebuilt from raw data simulated with another seed."""
+    params = yaml.safe_load((d / "params.yaml").read_text())
+    other = d / "other.yaml"
+    other.write_text(yaml.safe_dump({**params, "seed": 1}))
+    for argv in (["simulate", "--params", other, "--out", d / "raw1.nc"],
+                 ["store", "--params", other, "--input", d / "raw1.nc", "--level", 16,
+                  "--out", d / "store" / "level_16.nc"]):
+        assert cli.main([str(a) for a in argv]) == 0
+    (d / "raw1.nc").unlink()
+    other.unlink()
+
+
+def _then(*steps):
+    """Run the corrupting ``steps`` (each takes the study folder), return the last's value."""
+    def run(d):
+        out = None
+        for step in steps:
+            out = step(d)
+        return out
+    return run
+
+
+def _sample(d):
+    return ["sample", "--params", d / "params.yaml", "--model", d / "models/r/model.pt",
+            "--resolution", 16, "--out", d / "again.nc"]
+
+
+def _report(d):
+    return ["report", "--params", d / "params.yaml", "--results", d / "results",
+            "--out", d / "report.html"]
+
+
+def _write(rel, text):
+    return lambda d: (d / rel).write_text(text)
+
+
+# (id, corrupts the study folder d, argv from d, texts the error line must hold)
+FILES = [
+    ("level attribute hand-edited", lambda d: _attrs(d / "store/level_8.nc", False, level=16),
+     lambda d: _train(d, d / "m.pt"), ["level_8.nc: attribute checksum mismatch"]),
+    ("foreign level attribute not a number", lambda d: _attrs(d / "store/level_8.nc", level="x"),
+     lambda d: _train(d, d / "m.pt"), ["level_8.nc: attribute 'level' is 'x', expected an"]),
+    ("foreign level of another grid", lambda d: _attrs(d / "store/level_8.nc", level=32),
+     lambda d: _train(d, d / "m.pt"), ["level_8.nc: grid 8x8 != level 32"]),
+    ("foreign length inf", lambda d: _attrs(d / "store/level_16.nc", length="inf"),
+     lambda d: _train(d, d / "m.pt"), ["level_16.nc: attribute 'length' is 'inf', expected a"]),
+    ("foreign boundary", lambda d: _attrs(d / "store/level_8.nc", boundary="dirichlet"),
+     lambda d: _train(d, d / "m.pt"), ["level_8.nc: attribute 'boundary' is 'dirichlet'"]),
+    ("foreign empty species", lambda d: _attrs(d / "store/level_8.nc", species=" "),
+     lambda d: _train(d, d / "m.pt"), ["level_8.nc: attribute 'species'"]),
+    ("level from another simulation", _other_simulation, lambda d: _train(d, d / "m.pt"),
+     ["level_16.nc: normalization statistics or splits differ from", "level_8.nc"]),
+    ("level without training samples", lambda d: _all_test_split(d / "store/level_8.nc"),
+     lambda d: _train(d, d / "m.pt"), ["level_8.nc: no sample has split code 0"]),
+    ("model spec not JSON", lambda d: _model(d, spec="{oops"), _sample,
+     ["model.pt: attribute 'spec' is '{oops', expected a JSON object"]),
+    ("model geometry empty", lambda d: _model(d, geometry="{}"), _sample,
+     ["model.pt: its spec, geometry or stats are not ones this mldiff builds"]),
+    ("model geometry a list", lambda d: _model(d, geometry="[1, 2]"), _sample,
+     ["model.pt: attribute 'geometry'"]),
+    ("model stats of another species count",
+     lambda d: _model(d, stats='{"mean": [0, 0], "std": [1, 1]}'), _sample,
+     ["model.pt: its spec, geometry or stats", "disagree"]),
+    ("model with NaN weights", lambda d: _model(d, ema_nan=True), _sample,
+     ["model.pt: weights", "hold NaN or inf"]),
+    ("model of an unknown prior",
+     lambda d: _model(d, spec=_model_spec(d, prior={"name": "brownian", "params": {}})),
+     _sample, ["model.pt: ", "brownian"]),
+    ("samples attribute hand-edited",
+     lambda d: _attrs(d / "samples/r/n16.nc", False, resampled_from=8),
+     lambda d: _evaluate(d, d / "res"), ["n16.nc: attribute checksum mismatch"]),
+    ("foreign resampled_from", lambda d: _attrs(d / "samples/r/n16.nc", resampled_from="x"),
+     lambda d: _evaluate(d, d / "res"), ["n16.nc: attribute 'resampled_from' is 'x'"]),
+    ("foreign process not JSON", lambda d: _attrs(d / "samples/r/n16.nc", process="[1]"),
+     lambda d: _evaluate(d, d / "res"), ["n16.nc: attribute 'process' is '[1]', expected a JSON"]),
+    ("zero samples", lambda d: _samples(d, lambda ds: ds.isel(sample=slice(0, 0))),
+     lambda d: _evaluate(d, d / "res"), ["n16.nc: holds 0 samples"]),
+    ("samples holding NaN", lambda d: _samples(d, lambda ds: ds.where(ds.x > 0)),
+     lambda d: _evaluate(d, d / "res"), ["n16.nc: variable 'u' contains NaN"]),
+    ("non-numeric validation.csv cell",
+     _write("models/r/validation.csv", "step,level,elapsed_s,val_loss_8,val_loss_16\n"
+                                       "1,8,0.1,abc,\n"),
+     lambda d: _evaluate(d, d / "res"), ["validation.csv: column elapsed_s or val_loss_8"]),
+    ("train.json with text for a count", _write("models/r/train.json", '{"steps": "many"}'),
+     lambda d: _evaluate(d, d / "res"), ["train.json: attribute 'steps' is 'many'"]),
+    ("train.json not an object", _write("models/r/train.json", "[]"),
+     lambda d: _evaluate(d, d / "res"), ["train.json: expected a JSON object"]),
+    ("captions naming a file elsewhere",
+     _write("results/figures/captions.json", '[{"file": "../../params.yaml", "caption": "x"}]'),
+     _report, ["captions.json: entry", "no paths"]),
+    ("captions not a list", _write("results/figures/captions.json", '{"file": "a.png"}'),
+     _report, ["captions.json: expected a list"]),
+]
+
+
+def _model_spec(d, **changes):
+    import json
+
+    import torch
+
+    spec = json.loads(torch.load(d / "models/r/model.pt", weights_only=True)["spec"])
+    return json.dumps({**spec, **changes})
+
+
+@pytest.mark.parametrize(("corrupt", "make", "expected"), [c[1:] for c in FILES],
+                         ids=[c[0] for c in FILES])
+def test_files_a_step_reads_are_checked(work, capsys, corrupt, make, expected):
+    corrupt(work)
+    refused(capsys, work, make(work), *expected)
