@@ -54,7 +54,7 @@ def source_file(root, name, **changes):
     data = {"conc": conc, **changes.get("data", {})}
     shape = changes.get("shape")
     if shape:
-        data["conc"] = np.zeros(shape)
+        data["conc"] = np.random.default_rng(0).normal(size=shape)
     dims = changes.get("dims", ("member", "lat", "lon"))
     ds = xr.Dataset({k: (dims, v) for k, v in data.items()})
     path = root / name
@@ -207,17 +207,16 @@ def test_bad_outside_data(built, tmp_path, capsys, file_kw, block, expected):
     assert "mine.nc" in errors[0] and not out.exists()
 
 
-def test_outside_data_with_indivisible_grid_names_the_level(built, tmp_path, capsys):
+def test_outside_data_with_indivisible_grid_is_refused_at_import(built, tmp_path, capsys):
     path = source_file(tmp_path, "mine.nc", shape=(8, 12, 12))
     params = tmp_path / "params.yaml"
     params.write_text(yaml.safe_dump(merged({"data": {"source": {"path": path, **SOURCE}},
                                              "store": {"species": ["conc"]},
                                              "reference": {"resolutions": []}})))
-    assert run_cli(capsys, ["simulate", "--params", params, "--out", tmp_path / "raw.nc"])[0] == 0
-    out = tmp_path / "level_8.nc"
-    code, errors = run_cli(capsys, ["store", "--params", params, "--input", tmp_path / "raw.nc",
-                                    "--level", 8, "--out", out])
-    assert code != 0 and len(errors) == 1 and "12" in errors[0] and not out.exists()
+    out = tmp_path / "raw.nc"
+    code, errors = run_cli(capsys, ["simulate", "--params", params, "--out", out])
+    assert code == 2 and len(errors) == 1 and not out.exists()
+    assert "mine.nc: grid 12x12 is not a power-of-two multiple of store.levels [8, 16]" in errors[0]
 
 
 class Evil:

@@ -509,3 +509,72 @@ def _model_spec(d, **changes):
 def test_files_a_step_reads_are_checked(work, capsys, corrupt, make, expected):
     corrupt(work)
     refused(capsys, work, make(work), *expected)
+
+
+def _source_study(d, values, attrs=None, **block):
+    """A scientist's file ``mine.nc`` (``conc`` over member, lat, lon) and params importing it."""
+    import numpy as np
+    import xarray as xr
+
+    xr.Dataset({"conc": (("member", "lat", "lon"), np.asarray(values))},
+               attrs=attrs or {}).to_netcdf(d / "mine.nc")
+    source = {"path": str(d / "mine.nc"), "variables": ["conc"],
+              "dims": {"sample": "member", "y": "lat", "x": "lon"}, **block}
+    params = d / "params.yaml"
+    params.write_text(yaml.safe_dump(merged({"data": {"source": source},
+                                             "store": {"species": ["conc"]},
+                                             "reference": {"resolutions": []}})))
+    return ["simulate", "--params", params, "--out", d / "raw.nc"]
+
+
+def _fields(shape=(8, 16, 16), dead=(), scale=1.0):
+    import numpy as np
+
+    x = np.random.default_rng(0).normal(size=shape) * scale
+    for k in dead:
+        x[k] = 0.5
+    return x
+
+
+# (id, argv from folder d, expected text): outside data checked at import, naming the file
+OUTSIDE = [
+    ("no members", lambda d: _source_study(d, _fields((0, 16, 16))), "mine.nc: holds 0 samples"),
+    ("one member", lambda d: _source_study(d, _fields((1, 16, 16))),
+     "mine.nc: split: 1 samples are too few"),
+    ("a 1x1 grid", lambda d: _source_study(d, _fields((8, 1, 1))), "expected samples of at least"),
+    ("grid not a multiple of the levels", lambda d: _source_study(d, _fields((8, 24, 24))),
+     "mine.nc: grid 24x24 is not a power-of-two multiple of store.levels [8, 16]"),
+    ("a dead member", lambda d: _source_study(d, _fields(dead=(3,))),
+     "mine.nc: 1 member(s) [3] along 'member' are constant"),
+    ("denormals flushed to zero", lambda d: _source_study(d, _fields(scale=1e-300)),
+     "mine.nc: 8 member(s) [0, 1, 2, 3, 4, 5, 6, 7] along 'member' are constant"),
+    ("boundary contradicting the file",
+     lambda d: _source_study(d, _fields(), {"boundary": "periodic"}, boundary="neumann"),
+     "mine.nc: boundary 'neumann' contradicts the file's attribute boundary = 'periodic'"),
+    ("file boundary unknown", lambda d: _source_study(d, _fields(), {"boundary": "dirichlet"}),
+     "mine.nc: attribute 'boundary' is 'dirichlet'"),
+]
+
+
+@pytest.mark.parametrize("make, expected", [c[1:] for c in OUTSIDE], ids=[c[0] for c in OUTSIDE])
+def test_outside_data_is_checked_at_import(tmp_path, capsys, make, expected):
+    argv = make(tmp_path)
+    refused(capsys, tmp_path, argv, expected)
+
+
+def test_outside_data_boundary_comes_from_the_file_and_dead_members_can_be_dropped(
+        tmp_path, capsys, caplog):
+    import numpy as np
+    import xarray as xr
+
+    values = _fields(dead=(2, 5)).astype(np.int64)  # integers: converted, with a log line
+    argv = _source_study(tmp_path, values, {"boundary": "periodic"}, drop_constant=True)
+    code, errors = run_cli(capsys, argv)
+    assert code == 0, errors
+    with xr.open_dataset(tmp_path / "raw.nc") as ds:
+        assert ds.attrs["boundary"] == "periodic" and ds.sizes["sample"] == 6
+        kept = np.delete(values, [2, 5], axis=0).astype(np.float64)
+        np.testing.assert_array_equal(ds["conc"].values, kept)
+    assert config.load_params(tmp_path / "params.yaml").boundary == "periodic"
+    assert "holds int64 integers; converted to float64" in caplog.text
+    assert "dropped 2 constant member(s) [2, 5]" in caplog.text

@@ -75,9 +75,18 @@ def cmd_simulate(args: argparse.Namespace) -> None:
     source = params.data.source
     guard({"--params": args.params, "data.source.path": source and Path(source.path)},
           {"--out": args.out})
-    if params.data.source is not None:
-        ds = read_source(**params.data.source.model_dump())
-        log.info("imported %s (%d samples)", params.data.source.path, ds.sizes["sample"])
+    if source is not None:
+        ds = read_source(**source.model_dump())
+        size = ds.sizes["x"]
+        try:
+            params.check_split(ds.sizes["sample"], source.path)
+        except ValueError as exc:
+            raise MldiffError(str(exc)) from None
+        bad = [n for n in params.store.levels if size % n or (size // n) & (size // n - 1)]
+        if bad:
+            raise MldiffError(f"{source.path}: grid {size}x{size} is not a power-of-two multiple "
+                              f"of store.levels {bad}")
+        log.info("imported %s (%d samples)", source.path, ds.sizes["sample"])
     else:
         pde = params.pde
         ds = simulate_dataset(pde.system, pde.parameters, pde.n, pde.times, pde.n_samples,

@@ -154,8 +154,9 @@ class SourceParams(Section):
     variables: Annotated[list[str], Field(min_length=1)]
     dims: SourceDims
     time: SourceTime | None = None
-    boundary: Literal["periodic", "neumann"] = "neumann"
+    boundary: Literal["periodic", "neumann"] | None = None  # None: the file's attr, else neumann
     length: PosFloat | None = None
+    drop_constant: bool = False  # members constant in every variable: refused, or dropped
 
 
 class DataParams(Section):
@@ -504,7 +505,9 @@ class Params(Section):
     def boundary(self) -> str:
         """Boundary condition of the data: the source's, or the PDE system's default."""
         if self.data.source is not None:
-            return self.data.source.boundary
+            from mldiff.datasets.source import stated_boundary
+
+            return self.data.source.boundary or stated_boundary(self.data.source.path)
         if self.pde.boundary is not None:
             return self.pde.boundary
         from mldiff.pde import get_system

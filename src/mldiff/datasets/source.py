@@ -18,6 +18,7 @@ defaults and ``time={"value": t}``.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -30,6 +31,8 @@ from mldiff.errors import MldiffError
 from mldiff.spectral import BOUNDARIES
 
 CANONICAL_DIMS: tuple[str, str, str] = ("sample", "y", "x")
+
+log = logging.getLogger(__name__)
 
 
 MAX_ABS = 1e30  # larger magnitudes overflow float32 statistics (squares exceed 3.4e38)
@@ -44,6 +47,17 @@ def _open_lazy(path: Path, engine: str | None) -> xr.Dataset:
     except Exception as exc:  # noqa: BLE001 - any reader failure means the same to the user
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise MldiffError(f"{path}: not a readable NetCDF/HDF5/zarr dataset ({first})") from None
+
+
+def stated_boundary(path: str | os.PathLike) -> str:
+    """The ``boundary`` attribute of the file at ``path`` when it names one, else ``neumann``
+    (also when the file cannot be read yet: reading it reports that)."""
+    try:
+        with xr.open_dataset(path) as ds:
+            stated = ds.attrs.get("boundary")
+    except Exception:  # noqa: BLE001 - absent or unreadable: read_source names the problem
+        return "neumann"
+    return stated if stated in BOUNDARIES else "neumann"
 
 
 def _select_time(
@@ -108,6 +122,7 @@ def read_source(
     boundary: str | None = None,
     length: float | None = None,
     engine: str | None = None,
+    drop_constant: bool | None = None,
 ) -> xr.Dataset:
     """Read one snapshot of ``path`` into the canonical ``(sample, y, x)`` Dataset.
 
@@ -115,8 +130,13 @@ def read_source(
     ``dims``: source names of ``sample``, ``y``, ``x`` (default: the same names).
     ``time``: ``{"dim": name or None, "index": int}`` or ``{..., "value": float}``
     (default dim ``"time"`` when present; a single step needs no selection).
-    ``boundary``: ``periodic``/``neumann`` (default: the file's ``boundary`` attr).
+    ``boundary``: ``periodic``/``neumann`` (default: the file's ``boundary`` attr, else
+    ``neumann``; a value contradicting the attr is an error).
     ``length``: domain side ``L``; default from uniform coords, else 2.0 (origin ``-L/2``).
+    ``drop_constant``: members (samples) constant in every species once stored as float32
+    (dead patterns, all zeros, flushed denormals) are an error naming them (False), dropped
+    with a log line (True) or kept (None, for the pipeline's own simulated file).
+    Integer variables are converted to float64 with a log line.
     Raises :class:`MldiffError` naming the file for every layout or value problem.
     """
     path = Path(path)
@@ -146,10 +166,17 @@ def read_source(
     ny, nx = ds.sizes[names["y"]], ds.sizes[names["x"]]
     if ny != nx:
         raise MldiffError(f"{path}: grid is {ny}x{nx}; expected a square n x n grid")
+    if ds.sizes[names["sample"]] == 0 or nx < 2:
+        raise MldiffError(f"{path}: holds {ds.sizes[names['sample']]} samples on a {ny}x{nx} "
+                          "grid; expected samples of at least 2x2 cells")
     for v in variables:
         values = ds[v].values
         if values.dtype.kind not in "iuf":  # signed, unsigned integers or floats
             raise MldiffError(f"{path}: variable {v!r} has dtype {values.dtype}; expected numbers")
+        if values.dtype.kind in "iu":
+            log.warning("%s: variable %r holds %s integers; converted to float64", path, v,
+                     values.dtype)
+            ds[v] = ds[v].astype(np.float64)
         if not np.isfinite(values).all():
             raise MldiffError(f"{path}: variable {v!r} contains NaN or inf values")
         if np.abs(values).max() > MAX_ABS:
@@ -157,7 +184,16 @@ def read_source(
                 f"{path}: variable {v!r} reaches {np.abs(values).max():.3g}; expected |values| "
                 f"<= {MAX_ABS:g} (stores are float32: rescale the data)"
             )
-    boundary = boundary or ds.attrs.get("boundary")
+    if drop_constant is not None:
+        ds = _constant_members(ds, path, variables, names["sample"], drop_constant)
+    stated = ds.attrs.get("boundary")
+    if stated is not None and stated not in BOUNDARIES:
+        raise MldiffError(f"{path}: attribute 'boundary' is {stated!r}; expected one of "
+                          f"{BOUNDARIES}")
+    if boundary is not None and stated is not None and boundary != stated:
+        raise MldiffError(f"{path}: boundary {boundary!r} contradicts the file's attribute "
+                          f"boundary = {stated!r}")
+    boundary = boundary or stated or "neumann"
     if boundary not in BOUNDARIES:
         raise MldiffError(f"{path}: boundary: expected one of {BOUNDARIES}, got {boundary!r}")
     axes = [_axis(ds, path, names[d], nx) for d in ("y", "x")]
@@ -180,6 +216,27 @@ def read_source(
             **{f"source_{k}": v for k, v in ds.attrs.items()},
         },
     )
+
+
+def _constant_members(ds: xr.Dataset, path: Path, variables: Sequence[str], dim: str,
+                      drop: bool) -> xr.Dataset:
+    """Members constant in every species once stored as float32: an error naming them, or
+    (``drop``) removed with a log line."""
+    constant = np.ones(ds.sizes[dim], dtype=bool)
+    for v in variables:
+        values = ds[v].transpose(dim, ...).values.astype(np.float32)
+        flat = values.reshape(len(values), -1)
+        constant &= (flat == flat[:, :1]).all(axis=1)
+    members = np.flatnonzero(constant).tolist()
+    if not members:
+        return ds
+    shown = f"{members[:10]}{' ...' if len(members) > 10 else ''}"
+    if not drop:
+        raise MldiffError(f"{path}: {len(members)} member(s) {shown} along {dim!r} are constant "
+                          "in every variable (dead patterns); set data.source.drop_constant: "
+                          "true to drop them")
+    log.warning("%s: dropped %d constant member(s) %s along %r", path, len(members), shown, dim)
+    return ds.isel({dim: np.flatnonzero(~constant)})
 
 
 def canonical_dataset(
