@@ -175,7 +175,7 @@ def read_source(
             raise MldiffError(f"{path}: variable {v!r} has dtype {values.dtype}; expected numbers")
         if values.dtype.kind in "iu":
             log.warning("%s: variable %r holds %s integers; converted to float64", path, v,
-                     values.dtype)
+                        values.dtype)
             ds[v] = ds[v].astype(np.float64)
         if not np.isfinite(values).all():
             raise MldiffError(f"{path}: variable {v!r} contains NaN or inf values")
