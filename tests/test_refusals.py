@@ -578,3 +578,50 @@ def test_outside_data_boundary_comes_from_the_file_and_dead_members_can_be_dropp
     assert config.load_params(tmp_path / "params.yaml").boundary == "periodic"
     assert "holds int64 integers; converted to float64" in caplog.text
     assert "dropped 2 constant member(s) [2, 5]" in caplog.text
+
+
+def _sample_at(n):
+    return lambda d: ["sample", "--params", d / "params.yaml", "--model",
+                      d / "models/r/model.pt", "--resolution", n, "--out", d / "s.nc"]
+
+
+def _simulate_to(rel):
+    return lambda d: ["simulate", "--params", d / "params.yaml", "--out", d / rel]
+
+
+# (id, argv from the study folder d, expected text): command-line values, named by their flag
+ARGUMENTS = [
+    ("resolution not a power of two", _sample_at(24),
+     "--resolution 24: expected a power of two from 4 to 4096"),
+    ("resolution 3", _sample_at(3), "--resolution 3: expected a power of two"),
+    ("resolution 0", _sample_at(0), "--resolution 0: expected a power of two"),
+    ("resolution 65536", _sample_at(65536), "--resolution 65536: expected a power of two"),
+    ("negative resolution", _sample_at(-16), "--resolution -16: expected a power of two"),
+    ("reference resolution not configured",
+     lambda d: ["reference", "--params", d / "params.yaml", "--store", d / "store",
+                "--resolution", 64, "--out", d / "n64.nc"],
+     "--resolution 64: not in reference.resolutions []"),
+    ("store level not configured",
+     lambda d: ["store", "--params", d / "params.yaml", "--input", d / "raw.nc", "--level", 12,
+                "--out", d / "l.nc"], "--level 12: not in store.levels [8, 16]"),
+    ("unknown run", lambda d: _train(d, d / "m.pt")[:4] + ["nope"] + _train(d, d / "m.pt")[5:],
+     "--run 'nope': not in train.runs ['r']"),
+    ("preset path escape", lambda d: ["preset", "../../x", "--out", d / "p.yaml"],
+     "preset '../../x': not one of default"),
+    ("output is a directory", _simulate_to("store"), "store: is a directory; expected a file"),
+    ("output under a file", _simulate_to("raw.nc/raw.nc"), "raw.nc is a file, not a folder"),
+    ("results folder is a file", lambda d: _evaluate(d, d / "raw.nc"),
+     "raw.nc: is a file; expected a folder"),
+    ("params is a directory",
+     lambda d: ["simulate", "--params", d / "store", "--out", d / "x.nc"],
+     "store: is a directory, not a params file"),
+    ("model is a directory",
+     lambda d: [*_sample_at(16)(d)[:4], d / "models", *_sample_at(16)(d)[5:]],
+     "models: checkpoint not found"),
+]
+
+
+@pytest.mark.parametrize(("make", "expected"), [c[1:] for c in ARGUMENTS],
+                         ids=[c[0] for c in ARGUMENTS])
+def test_command_line_values_are_checked_first(work, capsys, make, expected):
+    refused(capsys, work, make(work), expected)
