@@ -625,3 +625,11 @@ ARGUMENTS = [
                          ids=[c[0] for c in ARGUMENTS])
 def test_command_line_values_are_checked_first(work, capsys, make, expected):
     refused(capsys, work, make(work), expected)
+
+
+def test_every_class_has_its_table():
+    tables = {"data loss": DATA_LOSS, "params files": PARAMS_FILES, "params values": PARAMS_VALUES,
+              "files read": FILES, "command line": ARGUMENTS, "outside data": OUTSIDE,
+              "full disk": FULL_DISK}
+    assert all(len(t) >= 4 for t in tables.values())
+    assert sum(map(len, tables.values())) >= 100

@@ -51,7 +51,7 @@ def _check(x: torch.Tensor, factor: int, method: str, boundary: str, coarse: boo
     if boundary not in BOUNDARIES:
         raise MldiffError(f"boundary: expected one of {BOUNDARIES}, got {boundary!r}")
     if not isinstance(factor, int) or factor < 1 or factor & (factor - 1):
-        raise MldiffError(f"factor: expected a power of two >= 1, got {factor!r}")
+        raise MldiffError(f"factor: expected a power of two >= 1, got {factor}")
     if x.ndim < 2 or x.shape[-1] != x.shape[-2]:
         raise MldiffError(f"field: expected shape (..., n, n), got {tuple(x.shape)}")
     n = x.shape[-1]

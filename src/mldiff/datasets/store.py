@@ -118,7 +118,7 @@ def build_level(
     factor = size // n if isinstance(n, int | np.integer) and n > 0 else 0
     if factor < 1 or factor * n != size or factor & (factor - 1):
         raise MldiffError(
-            f"{where}: grid size {size} is not a power-of-two multiple of level {n!r}"
+            f"{where}: grid size {size} is not a power-of-two multiple of level {n}"
         )
     try:
         parts = split_indices(source_ds.sizes["sample"], split, seed)

@@ -54,7 +54,7 @@ def check_boundary(boundary: Any) -> Boundary:
 def check_grid(n: Any) -> int:
     """``n`` as a grid size (integer ``>= 2``), else MldiffError."""
     if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 2:
-        raise MldiffError(f"n: expected an integer grid size >= 2, got {n!r}")
+        raise MldiffError(f"n: expected an integer grid size >= 2, got {n}")
     return int(n)
 
 
