@@ -188,6 +188,12 @@ PARAMS_VALUES = [
      "schedule: [[8, 2]]}}}", "train.runs: run names ['prior_matern'] are reserved"),
     ("run name of 300 characters", "train: {runs: {" + "r" * 300 + ": {network: fno, "
      "prior: matern, schedule: [[8, 2]]}}}", "train.runs: run names must be 1 to 64"),
+    ("negative network width", "networks: {fno: {arch: fno, params: {width: -1, modes: 4}}}",
+     "networks.fno: params.width: expected an integer from 1 to 4096, got -1"),
+    ("fractional Fourier modes", "networks: {fno: {arch: fno, params: {width: 4, modes: 2.5}}}",
+     "networks.fno: params.modes: expected an integer"),
+    ("absurd depth", "networks: {fno: {arch: fno, params: {width: 4, modes: 4, layers: 99999}}}",
+     "networks.fno: params.layers: expected an integer from 1 to 4096"),
     ("species the system lacks", "store: {species: [w]}", "store.species: ['w'] are not species"),
     ("too few test samples", "store: {split: {train: 0.8, validation: 0.1, test: 0.1}}",
      "pde.n_samples: 8 samples split by store.split"),

@@ -264,6 +264,12 @@ class NetworkSpec(Section):
                 f"unknown {self.arch} hyperparameter(s) {unknown}; expected one of "
                 f"{sorted(set(allowed) - reserved)} (grid and boundary come from the store)"
             )
+        for key, value in self.params.items():  # integers (sizes, counts, seeds) as the
+            if isinstance(allowed[key], int):   # network's own defaults are: bounded
+                low, high = (0, INT64) if key == "seed" else (1, 4096)
+                if not (isinstance(value, int) and low <= value <= high):
+                    raise ValueError(f"params.{key}: expected an integer from {low} to {high}, "
+                                     f"got {value!r}")
         return self
 
 
