@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from mldiff.errors import MldiffError
-from mldiff.models import FNO, UNet, build_model, count_parameters, estimate_flops
+from mldiff.models import FNO, UNet, build_model, count_parameters, estimate_flops, fno
 from mldiff.models.fno import SpectralConv2d
 from mldiff.spectral import cell_centres, dct2, forward, inverse, wavenumber_squared
 
@@ -109,6 +109,31 @@ def test_spectral_conv_is_a_multiplier_on_the_kept_fourier_modes(boundary: str) 
     coeff = torch.einsum("bixy,ioxy->boxy", torch.fft.rfft2(u, norm="forward"), multiplier)
     expected = torch.fft.irfft2(coeff, s=(size, size), norm="forward")[..., :n, :n]
     torch.testing.assert_close(layer(u[..., :n, :n]), expected)
+
+
+@pytest.mark.parametrize("boundary", BOUNDARIES)
+def test_fno_inference_pass_is_bit_identical_to_the_differentiable_one(
+    boundary: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The chunked in-place pass without autograd returns exactly the autograd pass's numbers,
+    for every chunk size (1 sample, uneven chunks, one chunk), in no_grad and inference mode,
+    and when its reused buffers change shape between calls."""
+    net = FNO(2, 1, width=8, modes=6, layers=2, boundary=boundary)
+    g = torch.Generator().manual_seed(0)
+    for n in (24, 16, 24):
+        x, t = torch.randn(5, 2, n, n, generator=g), torch.rand(5, generator=g)
+        expected = net(x, t)
+        assert expected.requires_grad
+        one_sample = 2 * 8 * n * n * 4  # bytes of the widest activation of one sample
+        for budget, size in ((1, 1), (2 * one_sample, 2), (1 << 30, 5)):
+            monkeypatch.setattr(fno, "CHUNK_BYTES", budget)
+            assert min(net.chunk_size(n, x.dtype), 5) == size
+            with torch.no_grad():
+                assert torch.equal(net(x, t), expected)
+            with torch.inference_mode():
+                assert torch.equal(net(x, t), expected)
+        with torch.no_grad():  # buffers made in inference mode are not reused outside it
+            assert torch.equal(net(x, t), expected)
 
 
 @pytest.mark.parametrize(("boundary", "n"), [("periodic", 15), ("neumann", 7)])

@@ -4,8 +4,8 @@ Both call only the :class:`~mldiff.diffusion.processes.ForwardProcess` interface
 process's time grid ``t_0 = t_max > t_1 > … > t_N = t_min`` (``h_i = t_i − t_{i+1}``). The step
 from ``t_i`` to ``t_{i+1}`` runs on the grid ``grid_size(t_{i+1}, n)``; when that differs from the
 current one the state is first moved by ``resize(y, t_i, t_{i+1})``. The network is called as
-``net(y, t)`` with ``t`` of shape ``(B,)``. Sampling runs without gradients; a non-finite state
-raises :class:`MldiffError`.
+``net(y, t)`` with ``t`` of shape ``(B,)``. Sampling runs in ``torch.inference_mode``; a
+non-finite state raises :class:`MldiffError`.
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ def _checked(y: torch.Tensor, step: int, t: float) -> torch.Tensor:
     return y
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def sample_em(
     process: ForwardProcess,
     net: Net,
@@ -93,7 +93,7 @@ def sample_em(
     return process.output(y)
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def sample_ode(
     process: ForwardProcess,
     net: Net,

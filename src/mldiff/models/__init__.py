@@ -87,7 +87,7 @@ def estimate_flops(model: nn.Module, n: int) -> int:
     try:
         p = next(model.parameters())
         x = torch.zeros(1, model.in_channels, n, n, dtype=p.dtype, device=p.device)
-        with torch.no_grad():
+        with torch.enable_grad():  # the plain layer-by-layer pass (FNO chunks without autograd)
             model(x, torch.zeros(1, dtype=p.dtype, device=p.device))
     finally:
         for h in handles:

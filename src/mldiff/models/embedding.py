@@ -64,6 +64,11 @@ class FiLM(nn.Module):
         super().__init__()
         self.linear = seeded(nn.Linear, embed_dim, 2 * channels, generator=generator)
 
-    def forward(self, h: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
+    def coefficients(self, e: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(1 + γ, β)``, each ``(B, C, 1, 1)``."""
         gamma, beta = (p[:, :, None, None] for p in self.linear(e).chunk(2, dim=-1))
-        return torch.addcmul(beta, h, 1 + gamma)
+        return 1 + gamma, beta
+
+    def forward(self, h: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
+        gain, shift = self.coefficients(e)
+        return torch.addcmul(shift, h, gain)

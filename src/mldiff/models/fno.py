@@ -35,14 +35,24 @@ from mldiff.spectral import BOUNDARIES, Boundary, cell_centres, dct_matrix
 
 N_COORDS = {"periodic": 4, "neumann": 2}  # channels of coordinate_features
 
+# Inference (no autograd) runs the network on chunks of samples whose widest activation is at
+# most this many bytes: the pointwise work then stays in cache, and the allocator serves every
+# block from its free lists (glibc maps blocks over 32 MiB freshly from the kernel each time:
+# page faults and zeroing at every operation, which took half the 128² sampling time).
+CHUNK_BYTES = 4 << 20
+
 
 class Pointwise(nn.Linear):
     """Linear map of the channels at every grid point: ``(B, C_in, n, n) -> (B, C_out, n, n)``,
     ``y[b, :, p] = W x[b, :, p] + β`` as one batched matrix product over the flattened grid."""
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """``out``: an optional contiguous ``(B, C_out, n, n)`` tensor to write the result into."""
         weight = self.weight.expand(x.shape[0], -1, -1)
-        return torch.baddbmm(self.bias[:, None], weight, x.flatten(2)).unflatten(2, x.shape[2:])
+        flat = None if out is None else out.flatten(2)
+        return torch.baddbmm(self.bias[:, None], weight, x.flatten(2), out=flat).unflatten(
+            2, x.shape[2:]
+        )
 
 
 class _Permute(torch.autograd.Function):
@@ -119,15 +129,30 @@ class SpectralConv2d(nn.Module):
         return 2 * self.modes if self.boundary == "periodic" else self.modes
 
     def forward(self, u: torch.Tensor) -> torch.Tensor:
+        return self.synthesise(modewise(self.analyse(u), self.kernel()), u.shape[-1])
+
+    def kernel(self) -> torch.Tensor:
+        """The multiplier ``R``: ``(X, Y, C_in, C_out)``, complex (periodic) or real (neumann)."""
+        return torch.view_as_complex(self.weight) if self.boundary == "periodic" else self.weight
+
+    def analyse(self, u: torch.Tensor) -> torch.Tensor:
+        """Kept coefficients ``û``: ``(B, C, n, n) -> (B, C, 2m-1, m)`` complex (periodic) or
+        ``(B, C, m, m)`` real (neumann, scaled by ``1/n``)."""
         n, m = u.shape[-1], self.modes
         if self.boundary == "neumann":
             c = dct_matrix(n, u.dtype, u.device)[:m]  # the kept rows of the DCT-II: (m, n)
-            out = modewise(c @ u @ c.T / n, self.weight) * n
-            return c.T @ out @ c
+            return c @ u @ c.T / n
         coeff = torch.fft.rfft(u, dim=-1, norm="forward")[..., :m]
         coeff = torch.fft.fft(coeff, dim=-2, norm="forward")  # (B, C_in, n, m)
-        low = torch.cat([coeff[..., :m, :], coeff[..., n - m + 1 :, :]], dim=-2)
-        out = modewise(low, torch.view_as_complex(self.weight))  # (B, C_out, 2m-1, m)
+        return torch.cat([coeff[..., :m, :], coeff[..., n - m + 1 :, :]], dim=-2)
+
+    def synthesise(self, out: torch.Tensor, n: int) -> torch.Tensor:
+        """The field ``(B, C, n, n)`` of kept coefficients ``v̂`` (inverse of :meth:`analyse`,
+        zero above the kept modes)."""
+        m = self.modes
+        if self.boundary == "neumann":
+            c = dct_matrix(n, out.dtype, out.device)[:m]
+            return c.T @ (out * n) @ c
         zeros = out.new_zeros(*out.shape[:2], n - 2 * m + 1, m)
         out = torch.cat([out[..., :m, :], zeros, out[..., m:, :]], dim=-2)
         out = torch.fft.ifft(out, dim=-2, norm="forward")
@@ -168,6 +193,7 @@ class FNO(nn.Module):
         )
         g = torch.Generator().manual_seed(seed)
         self.in_channels, self.boundary = in_channels, boundary
+        self._workspace: tuple | None = None  # activation buffers of _infer, see _activations
         self.origin, self.length = origin, length
         n_coords = N_COORDS[boundary]
         self.lift = seeded(Pointwise, in_channels + n_coords, width, generator=g)
@@ -199,13 +225,61 @@ class FNO(nn.Module):
                 f"FNO: resolution n={n} too small for modes={modes} ({self.boundary}): "
                 f"need n >= {self.min_resolution}"
             )
-        grid = coordinate_features(n, self.boundary, self.origin, self.length)
-        grid = grid.to(x).expand(x.shape[0], -1, -1, -1)
-        h = self.lift(torch.cat([x, grid], dim=1))
+        grid = coordinate_features(n, self.boundary, self.origin, self.length).to(x)
         e = self.time(t)
+        if not torch.is_grad_enabled():
+            return self._infer(x, grid, e)
+        h = self.lift(torch.cat([x, grid.expand(x.shape[0], -1, -1, -1)], dim=1))
         for spectral, skip, film in zip(self.spectral, self.skip, self.film, strict=True):
             h = F.gelu(film(spectral(h) + skip(h), e))
         return self.project(h)
+
+    def chunk_size(self, n: int, dtype: torch.dtype) -> int:
+        """Samples per chunk of :meth:`_infer`: the widest activation (the projection's
+        ``2·width`` channels) of one chunk fits in :data:`CHUNK_BYTES`."""
+        per_sample = self.project[0].out_features * n * n * dtype.itemsize
+        return max(1, CHUNK_BYTES // per_sample)
+
+    def _activations(self, x: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Two ``(B, width, n, n)`` buffers, kept from the previous call with the same shape,
+        dtype, device and inference mode (a sampler calls the network hundreds of times with
+        one shape). Not for concurrent calls of one network from several threads."""
+        shape = (x.shape[0], self.project[0].in_features, n, n)
+        key = (shape, x.dtype, x.device, torch.is_inference_mode_enabled())
+        if self._workspace is None or self._workspace[0] != key:
+            self._workspace = (key, x.new_empty(shape), x.new_empty(shape))
+        return self._workspace[1], self._workspace[2]
+
+    def _infer(self, x: torch.Tensor, grid: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
+        """The forward pass without autograd, bit-identical to the differentiable one.
+
+        Each layer runs chunk by chunk of samples (:meth:`chunk_size`) into one reused pair of
+        activation buffers, in place (skip, ``+=`` spectral part, FiLM, GELU): the pointwise
+        work stays in cache and no large block is allocated per operation. Only the mode-wise
+        product (and the time embedding, by the caller) couples samples in a batched matrix
+        product; it runs on the whole batch as in the differentiable pass, whose rounding
+        depends on the batch size.
+        """
+        batch, n = x.shape[0], x.shape[-1]
+        size = self.chunk_size(n, x.dtype)
+        chunks = [slice(s, s + size) for s in range(0, batch, size)]
+        h, spare = self._activations(x, n)
+        for c in chunks:
+            features = torch.cat([x[c], grid.expand(len(x[c]), -1, -1, -1)], dim=1)
+            self.lift(features, out=h[c])
+        for spectral, skip, film in zip(self.spectral, self.skip, self.film, strict=True):
+            low = modewise(torch.cat([spectral.analyse(h[c]) for c in chunks]), spectral.kernel())
+            gain, shift = film.coefficients(e)
+            for c in chunks:
+                k = skip(h[c], out=spare[c])
+                k += spectral.synthesise(low[c], n)
+                torch.ops.aten.gelu_(torch.addcmul(shift[c], k, gain[c], out=k))
+            h, spare = spare, h
+        out = x.new_empty(batch, self.project[-1].out_features, n, n)
+        for c in chunks:
+            hidden = torch.ops.aten.gelu_(self.project[0](h[c]))
+            self.project[2](hidden, out=out[c])
+        return out
 
 
 def coordinate_features(n: int, boundary: Boundary, origin: float, length: float) -> torch.Tensor:
