@@ -35,11 +35,11 @@ from mldiff.spectral import BOUNDARIES, Boundary, cell_centres, dct_matrix
 
 N_COORDS = {"periodic": 4, "neumann": 2}  # channels of coordinate_features
 
-# Inference (no autograd) runs the network on chunks of samples whose widest activation is at
-# most this many bytes: the pointwise work then stays in cache, and the allocator serves every
-# block from its free lists (glibc maps blocks over 32 MiB freshly from the kernel each time:
-# page faults and zeroing at every operation, which took half the 128² sampling time).
-CHUNK_BYTES = 4 << 20
+# Inference (no autograd) works in chunks of samples whose widest activation (the projection's
+# 2·width channels) is at most this many bytes; it bounds the per-chunk scratch buffers. Larger
+# chunks mean fewer, larger operations, which matters more on a CPU shared with other processes
+# (each parallel operation waits for its slowest thread) than the cache locality of small ones.
+CHUNK_BYTES = 256 << 20
 
 
 class Pointwise(nn.Linear):
@@ -146,17 +146,19 @@ class SpectralConv2d(nn.Module):
         coeff = torch.fft.fft(coeff, dim=-2, norm="forward")  # (B, C_in, n, m)
         return torch.cat([coeff[..., :m, :], coeff[..., n - m + 1 :, :]], dim=-2)
 
-    def synthesise(self, out: torch.Tensor, n: int) -> torch.Tensor:
+    def synthesise(
+        self, out: torch.Tensor, n: int, into: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """The field ``(B, C, n, n)`` of kept coefficients ``v̂`` (inverse of :meth:`analyse`,
-        zero above the kept modes)."""
+        zero above the kept modes), written into the contiguous tensor ``into`` if given."""
         m = self.modes
         if self.boundary == "neumann":
             c = dct_matrix(n, out.dtype, out.device)[:m]
-            return c.T @ (out * n) @ c
+            return torch.matmul(c.T @ (out * n), c, out=into)
         zeros = out.new_zeros(*out.shape[:2], n - 2 * m + 1, m)
         out = torch.cat([out[..., :m, :], zeros, out[..., m:, :]], dim=-2)
         out = torch.fft.ifft(out, dim=-2, norm="forward")
-        return torch.fft.irfft(out, n=n, dim=-1, norm="forward")  # zero-pads k_x >= m
+        return torch.fft.irfft(out, n=n, dim=-1, norm="forward", out=into)  # zero-pads k_x >= m
 
 
 class FNO(nn.Module):
@@ -193,7 +195,7 @@ class FNO(nn.Module):
         )
         g = torch.Generator().manual_seed(seed)
         self.in_channels, self.boundary = in_channels, boundary
-        self._workspace: tuple | None = None  # activation buffers of _infer, see _activations
+        self._workspace: dict[str, tuple] = {}  # buffers of _infer, see _scratch
         self.origin, self.length = origin, length
         n_coords = N_COORDS[boundary]
         self.lift = seeded(Pointwise, in_channels + n_coords, width, generator=g)
@@ -240,30 +242,32 @@ class FNO(nn.Module):
         per_sample = self.project[0].out_features * n * n * dtype.itemsize
         return max(1, CHUNK_BYTES // per_sample)
 
-    def _activations(self, x: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Two ``(B, width, n, n)`` buffers, kept from the previous call with the same shape,
-        dtype, device and inference mode (a sampler calls the network hundreds of times with
-        one shape). Not for concurrent calls of one network from several threads."""
-        shape = (x.shape[0], self.project[0].in_features, n, n)
-        key = (shape, x.dtype, x.device, torch.is_inference_mode_enabled())
-        if self._workspace is None or self._workspace[0] != key:
-            self._workspace = (key, x.new_empty(shape), x.new_empty(shape))
-        return self._workspace[1], self._workspace[2]
+    def _scratch(self, name: str, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
+        """A buffer kept across calls while its shape, dtype, device and inference mode stay
+        the same (a sampler calls the network hundreds of times with one shape): large blocks
+        freshly allocated at every operation cost page faults and zeroing (glibc maps each one
+        over 32 MiB from the kernel). Not for concurrent calls of one network from threads."""
+        key = (shape, like.dtype, like.device, torch.is_inference_mode_enabled())
+        held = self._workspace.get(name)
+        if held is None or held[0] != key:
+            held = self._workspace[name] = (key, like.new_empty(shape))
+        return held[1]
 
     def _infer(self, x: torch.Tensor, grid: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
         """The forward pass without autograd, bit-identical to the differentiable one.
 
-        Each layer runs chunk by chunk of samples (:meth:`chunk_size`) into one reused pair of
-        activation buffers, in place (skip, ``+=`` spectral part, FiLM, GELU): the pointwise
-        work stays in cache and no large block is allocated per operation. Only the mode-wise
-        product (and the time embedding, by the caller) couples samples in a batched matrix
-        product; it runs on the whole batch as in the differentiable pass, whose rounding
-        depends on the batch size.
+        Every large activation lives in a reused buffer (:meth:`_scratch`) and is updated in
+        place (skip, ``+=`` spectral part, FiLM, GELU), chunk by chunk of samples
+        (:meth:`chunk_size`). Only the mode-wise product (and the time embedding, by the
+        caller) couples samples, in batched matrix products whose rounding depends on the batch
+        size; they run on the whole batch as in the differentiable pass.
         """
-        batch, n = x.shape[0], x.shape[-1]
-        size = self.chunk_size(n, x.dtype)
+        batch, n, width = x.shape[0], x.shape[-1], self.project[0].in_features
+        size = min(batch, self.chunk_size(n, x.dtype))
         chunks = [slice(s, s + size) for s in range(0, batch, size)]
-        h, spare = self._activations(x, n)
+        h, spare = (self._scratch(name, (batch, width, n, n), x) for name in ("h", "spare"))
+        synth = self._scratch("synth", (size, width, n, n), x)
+        hidden = self._scratch("hidden", (size, 2 * width, n, n), x)
         for c in chunks:
             features = torch.cat([x[c], grid.expand(len(x[c]), -1, -1, -1)], dim=1)
             self.lift(features, out=h[c])
@@ -272,13 +276,13 @@ class FNO(nn.Module):
             gain, shift = film.coefficients(e)
             for c in chunks:
                 k = skip(h[c], out=spare[c])
-                k += spectral.synthesise(low[c], n)
+                k += spectral.synthesise(low[c], n, into=synth[: len(k)])
                 torch.ops.aten.gelu_(torch.addcmul(shift[c], k, gain[c], out=k))
             h, spare = spare, h
         out = x.new_empty(batch, self.project[-1].out_features, n, n)
         for c in chunks:
-            hidden = torch.ops.aten.gelu_(self.project[0](h[c]))
-            self.project[2](hidden, out=out[c])
+            wide = self.project[0](h[c], out=hidden[: len(out[c])])
+            self.project[2](torch.ops.aten.gelu_(wide), out=out[c])
         return out
 
 
