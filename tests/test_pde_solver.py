@@ -10,8 +10,12 @@ from scipy.integrate import solve_ivp
 
 from mldiff import spectral
 from mldiff.pde import (
+    ETDRK4,
     FitzHughNagumo,
     ReactionDiffusionSystem,
+    clear_coefficient_cache,
+    coefficient_cache_info,
+    etdrk4,
     etdrk4_coefficients,
     solve,
     step_schedule,
@@ -55,6 +59,45 @@ def test_coefficients_match_closed_forms_and_limits():
     for name in ("f1", "f2", "f3"):
         assert getattr(k, name)[0, 0].item() == pytest.approx(h / 6, rel=1e-13)
     assert torch.equal(k.e[0, 1:], torch.exp(far))
+
+
+def test_coefficients_are_cached_across_solvers_and_calls(monkeypatch):
+    """A second solve (a new solver, a new batch) computes no coefficient and gives the same
+    bits as an uncached one; another operator, dtype or step misses."""
+    system = FitzHughNagumo()
+    u0 = torch.randn(3, 2, 16, 16, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+
+    def run(u: torch.Tensor) -> torch.Tensor:
+        return solve(system, u, [0.3, 1.0], laplacian="finite_volume")
+
+    clear_coefficient_cache()
+    first = run(u0)
+    misses = coefficient_cache_info()["misses"]
+    assert 0 < misses == coefficient_cache_info()["entries"]
+    hits = coefficient_cache_info()["hits"]
+    for u in (u0, u0[1:2]):  # the same batch again, then one of its samples alone
+        again = run(u)
+        assert torch.equal(again, first[1:2] if len(u) == 1 else first)
+    info = coefficient_cache_info()
+    assert info["misses"] == misses and info["hits"] > hits
+    clear_coefficient_cache()
+    assert torch.equal(run(u0), first) and coefficient_cache_info()["misses"] == misses
+    # the cached value is the uncached computation, cast; other keys miss
+    linear = -torch.rand(2, 16, 16, dtype=torch.float64)
+    solver = ETDRK4(linear, lambda u: u, "neumann")
+    k = solver.coefficients(0.05)
+    assert torch.equal(k.f2, etdrk4_coefficients(linear, 0.05).f2)
+    before = coefficient_cache_info()["misses"]
+    assert solver.coefficients(0.05) is k
+    ETDRK4(2 * linear, lambda u: u, "neumann").coefficients(0.05)
+    ETDRK4(linear, lambda u: u, "neumann", dtype=torch.float32).coefficients(0.05)
+    solver.coefficients(0.1)
+    assert coefficient_cache_info()["misses"] == before + 3
+    # bounded in bytes: least recently used entries go first, the newest always stays
+    monkeypatch.setattr(etdrk4, "CACHE_BYTES", 1)
+    solver.coefficients(0.2)
+    assert coefficient_cache_info()["entries"] == 1
+    assert solver.coefficients(0.2) is solver.coefficients(0.2)
 
 
 def test_step_schedule_ramps_doubles_and_lands_on_save_times():

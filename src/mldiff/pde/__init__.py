@@ -1,6 +1,13 @@
 """Reaction–diffusion simulators: systems, the batched ETDRK4 solver, dataset simulation."""
 
-from mldiff.pde.etdrk4 import ETDRK4, ETDRK4Coefficients, etdrk4_coefficients, step_schedule
+from mldiff.pde.etdrk4 import (
+    ETDRK4,
+    ETDRK4Coefficients,
+    clear_coefficient_cache,
+    coefficient_cache_info,
+    etdrk4_coefficients,
+    step_schedule,
+)
 from mldiff.pde.simulate import (
     TIGHT,
     estimate_step_error,
@@ -22,6 +29,8 @@ __all__ = [
     "ETDRK4Coefficients",
     "SYSTEMS",
     "TIGHT",
+    "clear_coefficient_cache",
+    "coefficient_cache_info",
     "FitzHughNagumo",
     "GrayScott",
     "ReactionDiffusionSystem",

@@ -19,11 +19,15 @@ with ``z = hL``, ``E = eᶻ``, ``E₂ = e^{z/2}``, ``Q = h (e^{z/2} − 1)/z`` a
 The φ-type coefficients are evaluated as Kassam & Trefethen (2005) do, by the mean over points
 ``z + e^{iθ}`` on a unit circle around each ``z`` (exact for analytic functions, and free of the
 cancellation of the formulas above near ``z = 0``), in complex128, then cast to the working dtype.
+They depend only on the step, the grid and the linear operator, so they are cached across solver
+instances, calls and batches (:func:`coefficient_cache_info`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
+from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, fields
 
@@ -115,8 +119,46 @@ def step_schedule(
     return schedule
 
 
+# Coefficients in working dtype/device, least recently used first; bounded in bytes (one step of a
+# two-species 512² problem is 25 MiB in float64).
+CACHE_BYTES = 512 << 20
+_cache: OrderedDict[tuple, ETDRK4Coefficients] = OrderedDict()
+_stats = {"hits": 0, "misses": 0}
+
+
+def coefficient_cache_info() -> dict[str, int]:
+    """``hits``, ``misses``, ``entries`` and ``bytes`` of the shared coefficient cache."""
+    size = sum(_nbytes(c) for c in _cache.values())
+    return {**_stats, "entries": len(_cache), "bytes": size}
+
+
+def clear_coefficient_cache() -> None:
+    """Empty the shared coefficient cache and zero its counters."""
+    _cache.clear()
+    _stats.update(hits=0, misses=0)
+
+
+def _nbytes(coefficients: ETDRK4Coefficients) -> int:
+    return sum(getattr(coefficients, f.name).nbytes for f in fields(coefficients))
+
+
+def _cached(key: tuple, compute: Callable[[], ETDRK4Coefficients]) -> ETDRK4Coefficients:
+    """``_cache[key]``, computed on a miss; evicts least recently used entries over
+    :data:`CACHE_BYTES` (the newest entry is always kept)."""
+    if key in _cache:
+        _stats["hits"] += 1
+        _cache.move_to_end(key)
+        return _cache[key]
+    _stats["misses"] += 1
+    value = _cache[key] = compute()
+    total = sum(_nbytes(c) for c in _cache.values())
+    while total > CACHE_BYTES and len(_cache) > 1:
+        total -= _nbytes(_cache.popitem(last=False)[1])
+    return value
+
+
 class ETDRK4:
-    """ETDRK4 integrator for one linear symbol, reaction and grid; coefficients cached per step.
+    """ETDRK4 integrator for one linear symbol, reaction and grid.
 
     ``linear``: ``(species, n, n_x)`` float64 eigenvalues of ``L``; ``nonlinear`` maps a
     physical state ``(batch, species, n, n)`` to its rate of the same shape. Works in ``dtype``
@@ -140,21 +182,24 @@ class ETDRK4:
         self.n = linear.shape[-2]
         self.dtype = dtype
         self.device = torch.device(device)
-        self._cache: dict[float, ETDRK4Coefficients] = {}
+        operator = self.linear.detach().cpu().contiguous().numpy()
+        digest = hashlib.blake2b(operator.tobytes(), digest_size=16).hexdigest()
+        self._key = (digest, operator.shape, boundary, dtype, self.device)
 
     def coefficients(self, h: float) -> ETDRK4Coefficients:
-        """Coefficients for step ``h`` in the working dtype/device (cached; key: 12 digits)."""
-        key = float(f"{h:.12e}")
-        if key not in self._cache:
-            full = etdrk4_coefficients(self.linear, h)
-            pairs = self.boundary == "periodic"
-            self._cache[key] = ETDRK4Coefficients(
-                *(
-                    (c[..., None] if pairs else c).to(device=self.device, dtype=self.dtype)
-                    for c in (getattr(full, f.name) for f in fields(full))
-                )
+        """Coefficients for step ``h`` in the working dtype/device, from the shared cache keyed
+        by the operator's values (a hash), boundary, dtype, device and ``h`` to 12 digits."""
+        return _cached((*self._key, float(f"{h:.12e}")), lambda: self._compute(h))
+
+    def _compute(self, h: float) -> ETDRK4Coefficients:
+        full = etdrk4_coefficients(self.linear, h)
+        pairs = self.boundary == "periodic"
+        return ETDRK4Coefficients(
+            *(
+                (c[..., None] if pairs else c).to(device=self.device, dtype=self.dtype)
+                for c in (getattr(full, f.name) for f in fields(full))
             )
-        return self._cache[key]
+        )
 
     def to_spectral(self, u: torch.Tensor) -> torch.Tensor:
         """Physical ``(…, n, n)`` to real coefficients (``(…, n, n_x, 2)`` when periodic)."""
