@@ -125,3 +125,18 @@ def test_cuda_sampling_stays_on_device():
     gen = torch.Generator("cuda").manual_seed(0)
     x = sample_ode(process, exact.cuda(), 4, 1, 32, 10, gen, progress=False)
     assert x.is_cuda and bool(torch.isfinite(x).all())
+
+
+@pytest.mark.parametrize("boundary", ["neumann", "periodic"])
+def test_training_after_sampling_in_one_process(boundary):
+    """Sampling runs in inference mode; nothing it caches (DCT matrices, prior eigenvalues,
+    network buffers) may break a later training step on a fresh grid size."""
+    from mldiff.models import FNO
+
+    process = VPSDE(build_prior("matern"), boundary)
+    n = 17 if boundary == "neumann" else 18  # a size no other test made first
+    net = FNO(1, 1, width=4, modes=4, layers=1, boundary=boundary)
+    sample_em(process, net, 2, 1, n, 2, _gen(5), progress=False)
+    loss = process.loss(net, torch.randn(2, 1, n, n), torch.rand(2), _gen(6)).mean()
+    loss.backward()
+    assert all(p.grad is not None for p in net.parameters())

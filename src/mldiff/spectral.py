@@ -63,12 +63,16 @@ MATMUL_DCT_MAX = 128
 
 @functools.lru_cache(maxsize=32)
 def dct_matrix(n: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """Orthonormal DCT-II matrix ``C[k, j] = s_k cos(π k (2j + 1) / 2n)`` (``C Cᵀ = I``)."""
-    k = torch.arange(n, dtype=torch.float64)[:, None]
-    j = torch.arange(n, dtype=torch.float64)[None, :]
-    c = torch.cos(math.pi * k * (2 * j + 1) / (2 * n)) * math.sqrt(2.0 / n)
-    c[0] /= math.sqrt(2.0)
-    return c.to(dtype=dtype, device=device)
+    """Orthonormal DCT-II matrix ``C[k, j] = s_k cos(π k (2j + 1) / 2n)`` (``C Cᵀ = I``).
+
+    Cached, so always made as a normal tensor (never an inference-mode one that autograd
+    would refuse after a sampler first asked for it)."""
+    with torch.inference_mode(False):
+        k = torch.arange(n, dtype=torch.float64)[:, None]
+        j = torch.arange(n, dtype=torch.float64)[None, :]
+        c = torch.cos(math.pi * k * (2 * j + 1) / (2 * n)) * math.sqrt(2.0 / n)
+        c[0] /= math.sqrt(2.0)
+        return c.to(dtype=dtype, device=device)
 
 
 def _use_scipy(x: torch.Tensor) -> bool:
