@@ -8,20 +8,30 @@ min_version("8.20")
 # params.yaml is read by mldiff's strict loader, not by `configfile:`: Snakemake would evaluate
 # a YTE template (`__use_yte__: true`, i.e. run its code) before any validation. mldiff refuses
 # templated files; values given with --config still override (and common.smk refuses them).
+# A bad params file ends with mldiff's one line `mldiff: error: <key>: ...`, as from the CLI.
+import sys
+
 from mldiff import config as mlconfig
+from mldiff.errors import MldiffError
 
-config.update(mlconfig.deep_merge(mlconfig.load_params("params.yaml").model_dump(mode="json"),
-                                  config))
+PARAMS_FILE = "params.yaml"
+try:
+    PARAMS = mlconfig.load_params(PARAMS_FILE)
+except MldiffError as exc:
+    sys.exit(f"mldiff: error: {exc}")
+config.update(mlconfig.deep_merge(PARAMS.model_dump(mode="json"), config))
 
 
-# Software environment for `--sdm conda` (every rule runs the `mldiff` CLI from it).
-conda: "workflow/envs/mldiff.yaml"
-
-
-validate(config, "workflow/schemas/params.schema.json", set_default=False)
+report: "workflow/report/workflow.rst"
 
 
 include: "workflow/rules/common.smk"
+
+
+# Already checked by mldiff above; the JSON schema documents the config for Snakemake.
+validate(config, "workflow/schemas/params.schema.json", set_default=False)
+
+
 include: "workflow/rules/simulate.smk"
 include: "workflow/rules/store.smk"
 include: "workflow/rules/reference.smk"

@@ -113,3 +113,18 @@ def test_preset_writes_valid_params_and_rejects_unknown(tmp_path, capsys):
     assert config.load_params(out).pde.n == 32
     code, errors = run_cli(capsys, ["preset", "huge", "--out", tmp_path / "x.yaml"])
     assert code == 2 and "preset 'huge'" in errors[0] and "tiny" in errors[0]
+
+
+def test_version_and_step_help(capsys):
+    from mldiff import __version__, cli
+
+    for argv in (["--version"], ["train", "--help"]):
+        with pytest.raises(SystemExit) as exit_:
+            cli.main(argv)
+        assert exit_.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"mldiff {__version__}\n")
+    assert "Train one run" in out  # the description
+    assert "--params PARAMS       params file (default: params.yaml)" in out
+    assert "example:\n  mldiff train --run " in out
+    assert "--run RUN             name in train.runs\n" in out  # required: no default shown

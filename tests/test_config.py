@@ -106,18 +106,6 @@ def test_step_params_cover_what_each_step_reads():
     assert config.step_params(params, "simulate")["pde"]["n"] == params.pde.n
 
 
-def test_dvc_stages_mirror_the_steps():
-    """Each DVC stage calls `mldiff <stage>` and lists exactly the params sections it reads."""
-    import yaml
-
-    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
-    assert set(stages) == set(config.STEP_PARAMS)
-    for name, stage in stages.items():
-        body = stage.get("do", stage)
-        assert body["cmd"].split()[:2] == ["mldiff", name]
-        assert tuple(body["params"]) == config.STEP_PARAMS[name]
-
-
 def test_step_params_do_not_depend_on_key_order(write_params):
     import yaml
 

@@ -8,6 +8,7 @@ above the finest store level, so the restriction rule applies there.
 
 from __future__ import annotations
 
+import csv
 import json
 import re
 
@@ -136,11 +137,22 @@ def test_outputs_cover_every_model_and_resolution(study):
     out = root / "results"
     metrics = json.loads((out / "metrics.json").read_text())
     assert all(v is None or isinstance(v, int | float) for v in _leaves(metrics))
-    assert metrics["faithful"]["n16"]["samples_flagged"] is False
-    assert 0.5 < metrics["faithful"]["n16"]["variance_ratio"] < 2
+    assert metrics["faithful"]["samples_flagged"]["n16"] is False
+    assert 0.5 < metrics["faithful"]["variance_ratio"]["n16"] < 2
+    assert set(metrics) == {*RUNS, "heldout_vs_train"}  # compact: DVC's headline numbers
+    cells = {f"n{b}" for b in RESOLUTIONS}
     for run in RUNS:
-        assert set(metrics[run]) == {"n8", "n16", "n32", "training"}
-        assert metrics[run]["training"]["steps"] == sum(s for _, s in RUNS[run]["schedule"])
+        assert set(metrics[run]["energy_distance"]) == set(metrics[run]["spectrum_log_error"])
+        assert set(metrics[run]["energy_distance"]) == cells
+        level = RUNS[run]["schedule"][-1][0]
+        assert metrics[run]["final_validation_loss"] == {8: 0.5, 16: 0.6}[level]
+    assert set(metrics["heldout_vs_train"]) == {"energy_distance"}
+    training = json.loads((out / "evaluation.json").read_text())["training"]
+    for run in RUNS:
+        assert training[run]["steps"] == sum(s for _, s in RUNS[run]["schedule"])
+    with open(out / "validation.csv") as f:  # long format: one series per run and level
+        series = {(r["model"], r["level"]) for r in csv.DictReader(f)}
+    assert series == {(run, level) for run in RUNS for level in ("8", "16")} - {("unet", "16")}
     rows = read_matrix(out / "matrix.csv")
     cells = {(r["model"], r["resolution"]) for r in rows}
     assert {(run, b) for run in RUNS for b in RESOLUTIONS} <= cells
@@ -311,12 +323,12 @@ def test_non_finite_and_missing_metrics_become_null(tmp_path):
         {"model": "m", "kind": "model", "train_level": 8, "resolution": 16},  # NaN samples
         {**_row("heldout_vs_train", 8, 0.01, kind="reference"), "mmd2": float("inf")},
     ]
-    metrics = metrics_json(rows, {"m": {"steps": 10.0}})
-    assert metrics["m"]["n8"] == {"energy_distance": None, "energy_distance_high": None,
-                                  "mmd2": 0.25}
-    assert set(metrics["m"]["n16"].values()) == {None}
-    assert metrics["reference"]["heldout_vs_train"]["n8"]["mmd2"] is None
-    assert metrics["m"]["training"] == {"steps": 10.0}
+    metrics = metrics_json(rows, {"m": {"final_validation_loss_8": float("inf")}})
+    assert metrics == {
+        "m": {"energy_distance": {"n8": None, "n16": None},
+              "spectrum_log_error": {"n8": None, "n16": None}, "final_validation_loss": None},
+        "heldout_vs_train": {"energy_distance": {"n8": 0.01}},
+    }
     write_csv(tmp_path / "m.csv", rows, ["model", "resolution", "energy_distance", "mmd2"])
     assert (tmp_path / "m.csv").read_text().splitlines() == [
         "model,resolution,energy_distance,mmd2", "m,8,,0.25", "m,16,,",

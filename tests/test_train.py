@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 
 import numpy as np
 import pytest
@@ -263,3 +264,13 @@ def test_the_fitted_prior_is_fitted_at_the_finest_level_and_kept_in_the_model_fi
     ds = generate(out, 32, sampler="em", steps=5, n_samples=2, batch_size=2, seed=0,
                   device="cpu", progress=False)
     assert json.loads(ds.attrs["prior"])["params"]["knots"] == expected.knots
+
+
+def test_progress_draws_each_step_at_most_once(tmp_path, capsys):
+    """The progress bar in a log file: one line per drawn step (the loss shown with it), not
+    a second redraw for the loss."""
+    paths = gaussian_store(tmp_path, samples=24)
+    params = params_for((8, 16), [[8, 4], [16, 3]])
+    train_run(params, "run", paths, tmp_path / "m" / "model.pt", tmp_path / "m" / "ckpt.pt")
+    drawn = re.findall(r"\| (\d+)/7 ", capsys.readouterr().err)[:-1]  # close() redraws 7/7
+    assert drawn and len(drawn) == len(set(drawn)), drawn

@@ -8,15 +8,17 @@ atomically. Bad input ends with one line ``mldiff: error: ...`` on stderr and ex
 from __future__ import annotations
 
 import argparse
+import io as textio
 import logging
 import os
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import yaml
 
-from mldiff import config, io
+from mldiff import __version__, config, io
 from mldiff.errors import MldiffError
 
 log = logging.getLogger("mldiff")
@@ -64,6 +66,33 @@ def power_of_two(flag: str, n: int, low: int = 4, high: int = 4096) -> int:
     if not (low <= n <= high and n & (n - 1) == 0):
         raise MldiffError(f"{flag} {n}: expected a power of two from {low} to {high}")
     return n
+
+
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Descriptions and examples as written; an option's default (when it has one) shown."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default in (None, False, argparse.SUPPRESS) or action.required:
+            return action.help or ""
+        return f"{action.help} (default: {action.default})"
+
+
+# One example per step, as the Snakemake rules and DVC stages call them (README "The pipeline").
+EXAMPLES = {
+    "simulate": "mldiff simulate --out data/raw/simulation.nc",
+    "store": "mldiff store --input data/raw/simulation.nc --level 32 --out data/store/level_32.nc",
+    "reference": "mldiff reference --store data/store --resolution 128 "
+                 "--out data/reference/n128.nc",
+    "train": "mldiff train --run fno_matern_l16 --store data/store "
+             "--out data/models/fno_matern_l16/model.pt --resume",
+    "sample": "mldiff sample --model data/models/fno_matern_l16/model.pt --resolution 64 "
+              "--out data/samples/fno_matern_l16/n64.nc",
+    "evaluate": "mldiff evaluate --store data/store --samples data/samples --models data/models "
+                "--reference data/reference --out data/results",
+    "report": "mldiff report --results data/results --out data/results/report.html",
+    "schema": "mldiff schema --out workflow/schemas/params.schema.json",
+    "preset": "mldiff preset tiny",
+}
 
 
 def cmd_simulate(args: argparse.Namespace) -> None:
@@ -236,7 +265,8 @@ def cmd_schema(args: argparse.Namespace) -> None:
 
 
 def cmd_preset(args: argparse.Namespace) -> None:
-    """Write params.yaml as the defaults overridden by a preset file (``default``: none)."""
+    """Write params.yaml as the defaults overridden by a preset file (``default``: none),
+    keeping the comments of the file it replaces."""
     base, inputs = config.Params().model_dump(mode="json"), {}
     if args.name != "default":
         path = config.PRESETS_DIR / f"{args.name}.yaml"
@@ -247,55 +277,109 @@ def cmd_preset(args: argparse.Namespace) -> None:
         base, inputs = config.deep_merge(base, config.read_yaml(path), depth=2), {"preset": path}
     guard(inputs, {"--out": args.out})
     config.validate(base, f"preset {args.name}")
-    header = f"# mldiff params: preset {args.name!r} (written by `mldiff preset {args.name}`)\n"
-    io.write_text(args.out, header + yaml.safe_dump(base, sort_keys=False))
+    text = _commented_yaml(args.out, base)
+    header = PRESET_LINE + f"{args.name!r} (written by `mldiff preset {args.name}`)\n"
+    lines = [line for line in text.splitlines(keepends=True)
+             if not line.startswith(PRESET_LINE)]
+    io.write_text(args.out, ("" if args.name == "default" else header) + "".join(lines))
     log.info("wrote %s from preset %s", args.out, args.name)
+
+
+PRESET_LINE = "# mldiff params: preset "
+COMMENT_COLUMN = 29  # where params.yaml's end-of-line comments start (at least)
+
+
+def _commented_yaml(path: Path, values: dict) -> str:
+    """``values`` as YAML in the layout of the file at ``path``: its comments, key order and
+    flow style kept where its keys remain (a plain dump when there is no readable file)."""
+    from ruamel.yaml import YAML
+    from ruamel.yaml.comments import CommentedMap, CommentedSeq
+
+    def flow(value: Any) -> Any:
+        if isinstance(value, dict | list):
+            node = (CommentedMap((k, flow(v)) for k, v in value.items())
+                    if isinstance(value, dict) else CommentedSeq(flow(v) for v in value))
+            node.fa.set_flow_style()
+            return node
+        return value
+
+    def update(node: CommentedMap, target: dict) -> None:
+        for key in [k for k in node if k not in target]:
+            del node[key]
+        for key, value in target.items():
+            old = node.get(key)
+            if isinstance(value, dict) and isinstance(old, CommentedMap):
+                update(old, value)
+            elif key not in node or old != value or type(old) is not type(value):
+                node[key] = flow(value)
+                token = (node.ca.items.get(key) or [None] * 3)[2]
+                if token is not None and token.column > COMMENT_COLUMN:
+                    token.column = COMMENT_COLUMN  # after a long value, back in line
+            node.move_to_end(key)
+
+    rt = YAML()
+    rt.width = 4096
+    rt.representer.add_representer(
+        type(None), lambda r, _: r.represent_scalar("tag:yaml.org,2002:null", "null"))
+    try:
+        doc = rt.load(Path(path).read_text())
+    except Exception:  # noqa: BLE001 - missing or unreadable: nothing to keep
+        doc = None
+    if not isinstance(doc, CommentedMap):
+        return yaml.safe_dump(values, sort_keys=False)
+    update(doc, values)
+    buf = textio.StringIO()
+    rt.dump(doc, buf)
+    return buf.getvalue()
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mldiff", description="Multilevel diffusion pipeline: one subcommand per step."
     )
+    parser.add_argument("--version", action="version", version=f"mldiff {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
     sub = parser.add_subparsers(dest="command", required=True, metavar="<step>")
 
-    p = sub.add_parser("simulate", help=cmd_simulate.__doc__)
+    def step(name: str, func) -> argparse.ArgumentParser:
+        summary = func.__doc__.split("\n\n")[0].replace("``", "`")
+        p = sub.add_parser(name, help=summary, description=summary,
+                           epilog=f"example:\n  {EXAMPLES[name]}", formatter_class=_HelpFormatter)
+        p.set_defaults(func=func)
+        return p
+
+    p = step("simulate", cmd_simulate)
     _params_arg(p)
     p.add_argument("--out", required=True, type=Path, help="raw dataset (NetCDF)")
-    p.set_defaults(func=cmd_simulate)
 
-    p = sub.add_parser("store", help=cmd_store.__doc__)
+    p = step("store", cmd_store)
     _params_arg(p)
     p.add_argument("--input", required=True, type=Path, help="raw dataset from `simulate`")
     p.add_argument("--level", required=True, type=int, help="grid size n of the level")
     p.add_argument("--out", required=True, type=Path, help="level file (NetCDF)")
-    p.set_defaults(func=cmd_store)
 
-    p = sub.add_parser("reference", help=cmd_reference.__doc__)
+    p = step("reference", cmd_reference)
     _params_arg(p)
     p.add_argument("--store", required=True, type=Path, help="folder of level_<n>.nc files")
     p.add_argument("--resolution", required=True, type=int, help="grid size n of the reference")
     p.add_argument("--out", required=True, type=Path, help="reference file (NetCDF)")
-    p.set_defaults(func=cmd_reference)
 
-    p = sub.add_parser("train", help=cmd_train.__doc__)
+    p = step("train", cmd_train)
     _params_arg(p)
     p.add_argument("--run", required=True, help="name in train.runs")
     p.add_argument("--store", required=True, type=Path, help="folder of level_<n>.nc files")
     p.add_argument("--out", required=True, type=Path, help="trained model file (.pt)")
     p.add_argument("--checkpoint", type=Path, help="default: checkpoint.pt beside --out")
     p.add_argument("--resume", action="store_true", help="continue from a matching checkpoint")
-    p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("sample", help=cmd_sample.__doc__)
+    p = step("sample", cmd_sample)
     _params_arg(p)
     p.add_argument("--model", required=True, type=Path, help="trained model file")
     p.add_argument("--resolution", required=True, type=int, help="output grid size n")
     p.add_argument("--out", required=True, type=Path, help="samples (NetCDF)")
-    p.set_defaults(func=cmd_sample)
 
-    p = sub.add_parser("evaluate", help=cmd_evaluate.__doc__)
+    p = step("evaluate", cmd_evaluate)
     _params_arg(p)
     p.add_argument("--store", required=True, type=Path, help="folder of level_<n>.nc files")
     p.add_argument("--samples", required=True, type=Path, help="folder of <run>/n<res>.nc")
@@ -303,22 +387,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reference", type=Path, help="folder of n<res>.nc from `reference` "
                    "(needed when reference.resolutions is set)")
     p.add_argument("--out", required=True, type=Path, help="results folder")
-    p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("report", help=cmd_report.__doc__)
+    p = step("report", cmd_report)
     _params_arg(p)
     p.add_argument("--results", required=True, type=Path, help="folder written by evaluate")
     p.add_argument("--out", required=True, type=Path, help="HTML report")
-    p.set_defaults(func=cmd_report)
 
-    p = sub.add_parser("schema", help=cmd_schema.__doc__)
-    p.add_argument("--out", required=True, type=Path)
-    p.set_defaults(func=cmd_schema)
+    p = step("schema", cmd_schema)
+    p.add_argument("--out", required=True, type=Path, help="schema file (JSON)")
 
-    p = sub.add_parser("preset", help=cmd_preset.__doc__)
+    p = step("preset", cmd_preset)
     p.add_argument("name", help="preset name in workflow/presets/, or 'default'")
-    p.add_argument("--out", default="params.yaml", type=Path)
-    p.set_defaults(func=cmd_preset)
+    p.add_argument("--out", default="params.yaml", type=Path, help="params file to write")
     return parser
 
 

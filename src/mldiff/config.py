@@ -747,8 +747,16 @@ STEP_PARAMS: dict[str, tuple[str, ...]] = {
 }
 
 
-def step_params(params: Params, step: str) -> dict[str, Any]:
+def step_params(params: Params, step: str, run: str | None = None) -> dict[str, Any]:
     """The sections of ``params`` that ``step`` reads, as plain data with keys sorted at every
-    level (so reordering keys in params.yaml changes nothing Snakemake compares)."""
+    level (so reordering keys in params.yaml changes nothing Snakemake compares). With ``run``
+    (a ``train.runs`` name): only that run's entry of ``train.runs`` and the prior and network
+    it names, i.e. what training that one run reads."""
     dumped = params.model_dump(mode="json")
-    return json.loads(json.dumps({key: dumped[key] for key in STEP_PARAMS[step]}, sort_keys=True))
+    out = {key: dumped[key] for key in STEP_PARAMS[step]}
+    if run is not None:
+        spec = dumped["train"]["runs"][run]
+        out["train"] = {**out["train"], "runs": {run: spec}}
+        out["priors"] = {spec["prior"]: dumped["priors"][spec["prior"]]}
+        out["networks"] = {spec["network"]: dumped["networks"][spec["network"]]}
+    return json.loads(json.dumps(out, sort_keys=True))

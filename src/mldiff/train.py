@@ -521,8 +521,9 @@ class Trainer:
                         self.save()
                         return False
                     self.step(x_train, n)
+                    bar.set_postfix(level=n, loss=f"{state['history'][-1][-1]:.4f}",
+                                    refresh=False)  # drawn once, by the update
                     bar.update()
-                    bar.set_postfix(level=n, loss=f"{state['history'][-1][-1]:.4f}")
                     step, last = state["step"], state["step"] == self.total_steps
                     if step % cfg.validate_every == 0 or step == end or last:
                         self.validate(n)

@@ -1,7 +1,9 @@
 rule simulate:
     """Simulate the PDE (or import data.source) into the raw dataset."""
     input:
-        [PARAMS.data.source.path] if PARAMS.data.source else [],
+        data=[PARAMS.data.source.path] if PARAMS.data.source else [],
+        code=code("simulate"),
+        user_code=user_code(),
     output:
         RAW,
     params:
@@ -11,6 +13,10 @@ rule simulate:
         f"{LOGS}/simulate.log",
     benchmark:
         f"{BENCH}/simulate.tsv"
+    conda:
+        ENV
+    container:
+        IMAGE
     threads: 2
     resources:
         mem_mb=4000,

@@ -1,7 +1,8 @@
 rule train:
     """Train one run of train.runs (per level, or multilevel coarse to fine)."""
     input:
-        level_files(),
+        levels=level_files(),
+        code=code("train"),
     output:
         model=MODEL,
         loss=f"{MODELS}/{{run}}/loss.csv",
@@ -9,11 +10,16 @@ rule train:
         summary=f"{MODELS}/{{run}}/train.json",
     params:
         file=PARAMS_FILE,
-        sections=step_params("train"),
+        store=folder("levels"),
+        sections=run_params,
     log:
         f"{LOGS}/train_{{run}}.log",
     benchmark:
         f"{BENCH}/train_{{run}}.tsv"
+    conda:
+        ENV
+    container:
+        IMAGE
     threads: 2
     resources:
         gpu=PARAMS.train.processes,
@@ -21,4 +27,4 @@ rule train:
         runtime=240,
     shell:
         "mldiff --threads {threads} train --params {params.file} --run {wildcards.run}"
-        " --store {STORE} --out {output.model} --resume 2> {log}"
+        " --store {params.store} --out {output.model} --resume 2> {log}"

@@ -42,7 +42,6 @@ import io as textio
 import json
 import logging
 import math
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,20 +69,17 @@ COLUMNS = (
     "compared_at", "reference_data", "resampled_from", "n_samples", "n_reference", "process",
     "sampling_s_per_sample", "network_points_per_sample",
 )
-# The metrics kept in metrics.json (matrix.csv has all of compare's); per-channel ones may
-# carry a ``_c<k>`` suffix.
-MAIN_METRICS = (
-    "energy_distance", "energy_distance_low", "energy_distance_high", "mmd2", "mmd2_low",
-    "mmd2_high", "sliced_w2", "sliced_w2_low", "sliced_w2_high", "spectrum_log_error",
-    "spectrum_log_error_full", "vendi_samples", "value_w1", "wavelength_samples",
-    "wavelength_reference", "variance_ratio", "value_min", "value_max", "reference_min",
-    "reference_max",
-)
+# metrics.json holds DVC's headline numbers (matrix.csv has every metric of every cell):
+# these per model and resolution (channel 0's for several species; variance_ratio is already the
+# species farthest from 1), whether mldiff.evaluate.sanity flagged the samples, the final
+# validation loss at the model's training level, and the held-out floor's energy distance.
+HEADLINE = ("energy_distance", "spectrum_log_error", "variance_ratio")
 CURVE_COLUMNS = (
     "model", "kind", "resolution", "compared_at", "energy_distance", "energy_distance_low",
     "energy_distance_high", "spectrum_log_error",
 )
 SPECTRUM_COLUMNS = ("model", "resolution", "species", "wavenumber", "energy")
+VALIDATION_COLUMNS = ("model", "level", "step", "elapsed_s", "loss")
 
 
 @dataclass(frozen=True)
@@ -405,24 +401,29 @@ def _metric_keys(rows: Sequence[Mapping[str, Any]]) -> list[str]:
     return list(dict.fromkeys(k for r in rows for k in r if k not in COLUMNS))
 
 
-def _is_main(key: str) -> bool:
-    return re.sub(r"_c\d+$", "", key) in MAIN_METRICS
-
-
 def metrics_json(
     rows: Sequence[Mapping[str, Any]], training: Mapping[str, Mapping[str, float]]
 ) -> dict[str, Any]:
-    """``{run: {"n<b>": {metric: float|None}, "training": {...}}, "reference": {row: ...}}``."""
-    keys = [k for k in _metric_keys(rows) if _is_main(k)]
+    """DVC's compact metrics: ``{run: {metric: {"n<b>": float|None}, "final_validation_loss":
+    float|None}, FLOOR: {"energy_distance": {...}}}`` for the :data:`HEADLINE` metrics (channel
+    0's ``<metric>_c0`` when there is no joint value); non-finite values become None."""
     out: dict[str, Any] = {}
     for r in rows:
-        parent = out if r["kind"] == "model" else out.setdefault(REFERENCE, {})
-        cell = {k: _value(r, k) for k in keys}
-        if "sanity" in r:  # the flag of mldiff.evaluate.sanity (its sentence: matrix.csv)
-            cell["samples_flagged"] = bool(r["sanity"])
-        parent.setdefault(r["model"], {})[f"n{r['resolution']}"] = cell
-    for run, summary in training.items():
-        out.setdefault(run, {})["training"] = dict(summary)
+        if r["kind"] == "model":
+            keys = HEADLINE
+        elif r["model"] == FLOOR:
+            keys = HEADLINE[:1]
+        else:
+            continue
+        entry = out.setdefault(r["model"], {})
+        cell = f"n{r['resolution']}"
+        for key in keys:
+            entry.setdefault(key, {})[cell] = _value(r, key if key in r else f"{key}_c0")
+        if r["kind"] == "model":
+            if "sanity" in r:  # the flag of mldiff.evaluate.sanity (its sentence: matrix.csv)
+                entry.setdefault("samples_flagged", {})[cell] = bool(r["sanity"])
+            entry["final_validation_loss"] = _value(
+                training.get(r["model"], {}), f"final_validation_loss_{r['train_level']}")
     return out
 
 
@@ -441,13 +442,12 @@ def write_csv(path: Path, records: Sequence[Mapping[str, Any]], columns: Sequenc
     io.write_text(path, buf.getvalue())
 
 
-def read_training(
-    run_dir: Path, levels: Sequence[int]
-) -> tuple[dict[str, float], dict[str, Any]]:
-    """``train.json`` as flat floats, and the validation curve from ``validation.csv`` at the
-    first of ``levels`` it holds: ``{"level", "elapsed_s", "loss"}`` (arrays; blank rows
-    skipped; empty arrays and level None when it holds none)."""
-    path = Path(run_dir) / "train.json"
+def read_training(run_dir: Path) -> tuple[dict[str, float], list[dict[str, Any]]]:
+    """``train.json`` as flat floats, and ``validation.csv`` in long form: one record
+    ``{"model", "level", "step", "elapsed_s", "loss"}`` per validated level and step (the run
+    is the folder's name; blank cells skipped)."""
+    run_dir = Path(run_dir)
+    path = run_dir / "train.json"
     try:
         summary = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
@@ -469,17 +469,29 @@ def read_training(
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise MldiffError(f"{path}: not a readable validation curve ({type(exc).__name__})"
                           ) from None
+    try:
+        records = [
+            {"model": run_dir.name, "level": int(column.removeprefix("val_loss_")),
+             "step": int(r["step"]), "elapsed_s": float(r["elapsed_s"]), "loss": float(value)}
+            for r in table for column, value in r.items()
+            if column and column.startswith("val_loss_") and value
+        ]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise MldiffError(f"{path}: column step, elapsed_s or val_loss_<n> holds a value that "
+                          f"is not a number ({exc})") from None
+    return flat, records
+
+
+def validation_curve(records: Sequence[Mapping[str, Any]], levels: Sequence[int]) -> dict:
+    """The validation loss against wall time at the first of ``levels`` that ``records``
+    (of :func:`read_training`) hold: ``{"level", "elapsed_s", "loss"}`` (arrays; empty and
+    level None when they hold none)."""
     for level in levels:
-        column = f"val_loss_{level}"
-        try:
-            points = [(float(r["elapsed_s"]), float(r[column])) for r in table if r.get(column)]
-        except (KeyError, TypeError, ValueError) as exc:
-            raise MldiffError(f"{path}: column elapsed_s or {column} holds a value that is not a "
-                              f"number ({exc})") from None
+        points = [(r["elapsed_s"], r["loss"]) for r in records if r["level"] == level]
         if points:
             elapsed, loss = np.array(points).T
-            return flat, {"level": level, "elapsed_s": elapsed, "loss": loss}
-    return flat, {"level": None, "elapsed_s": np.zeros(0), "loss": np.zeros(0)}
+            return {"level": level, "elapsed_s": elapsed, "loss": loss}
+    return {"level": None, "elapsed_s": np.zeros(0), "loss": np.zeros(0)}
 
 
 def _model_rows(matrix: Matrix, params: Params, samples_dir: Path, bar: tqdm) -> None:
@@ -552,9 +564,11 @@ def evaluate(
     Reads the store levels, the simulated references ``<reference_dir>/n<b>.nc`` of
     ``reference.resolutions``, every ``<samples_dir>/<run>/n<b>.nc`` of ``train.runs`` ×
     ``sample.resolutions`` and each run's ``train.json``/``validation.csv`` in
-    ``<models_dir>/<run>/`` (not ``model.pt``). Writes ``metrics.json``, ``matrix.csv``,
-    ``spectra.csv``, ``metric_vs_resolution.csv``, ``evaluation.json`` (settings and
-    :func:`verdicts`) and ``figures/*.png`` with ``figures/captions.json``. Returns
+    ``<models_dir>/<run>/`` (not ``model.pt``). Writes ``metrics.json`` (headline numbers),
+    ``matrix.csv``, the long-format ``spectra.csv``, ``metric_vs_resolution.csv`` and
+    ``validation.csv`` (every run's validation losses), ``evaluation.json`` (settings,
+    :func:`verdicts` and the runs' training summaries) and ``figures/*.png`` with
+    ``figures/captions.json``. Returns
     ``{"rows", "metrics", "verdicts", "settings"}``.
     """
     from mldiff.evaluate import figures  # matplotlib only when drawing
@@ -569,10 +583,11 @@ def evaluate(
     top = {}  # finest training level of each network/prior group: the curves' common level
     for run, spec in runs.items():
         top[groups[run]] = max(top.get(groups[run], 0), spec.schedule[-1][0])
-    training, curves = {}, {}
+    training, curves, validation = {}, {}, []
     for run, spec in runs.items():
-        levels = (top[groups[run]], spec.schedule[-1][0])
-        training[run], curve = read_training(Path(models_dir) / run, levels)
+        training[run], records = read_training(Path(models_dir) / run)
+        validation += records
+        curve = validation_curve(records, (top[groups[run]], spec.schedule[-1][0]))
         curves[run] = {**curve, "group": groups[run],
                        "label": f"{run} ({schedule_label(spec.schedule)})"}
     resolutions = sorted(params.sample.resolutions)
@@ -594,7 +609,9 @@ def evaluate(
     write_csv(out_dir / "matrix.csv", rows, [*COLUMNS, *_metric_keys(rows)])
     write_csv(out_dir / "spectra.csv", matrix.spectra, SPECTRUM_COLUMNS)
     write_csv(out_dir / "metric_vs_resolution.csv", rows, CURVE_COLUMNS)
-    io.write_json(out_dir / "evaluation.json", {"settings": settings, "verdicts": verdict})
+    write_csv(out_dir / "validation.csv", validation, VALIDATION_COLUMNS)
+    io.write_json(out_dir / "evaluation.json",
+                  {"settings": settings, "verdicts": verdict, "training": training})
     fig_dir = out_dir / "figures"
     models, species = list(runs), store.species[0]
     captions = [

@@ -2,9 +2,9 @@
 external links): the setup, the comparison rule, the verdicts, the generalization matrix and
 reference rows, the training cost and the figures with their captions.
 
-It reads only what :func:`mldiff.evaluate.matrix.evaluate` wrote: ``metrics.json`` (the
-training summaries of the runs' ``train.json`` are copied there), ``matrix.csv``,
-``evaluation.json`` and ``figures/`` with ``figures/captions.json``.
+It reads only what :func:`mldiff.evaluate.matrix.evaluate` wrote: ``matrix.csv``,
+``evaluation.json`` (with the training summaries of the runs' ``train.json``) and ``figures/``
+with ``figures/captions.json``.
 """
 
 from __future__ import annotations
@@ -252,11 +252,11 @@ def _details(rows: Sequence[Mapping[str, Any]]) -> str:
     return _table(header, body)
 
 
-def _training(params: Params, metrics: Mapping[str, Any]) -> str:
+def _training(params: Params, training: Mapping[str, Any]) -> str:
     levels = params.store.levels
     body = []
     for run, spec in params.train.runs.items():
-        t = metrics.get(run, {}).get("training", {})
+        t = training.get(run, {})
         wall = t.get("wall_time_s")
         body.append(({}, [
             run, "+".join(f"{n}:{s}" for n, s in spec.schedule), _fmt(t.get("steps")),
@@ -293,7 +293,6 @@ def _figures(figure_dir: Path, captions: Sequence[Mapping[str, str]]) -> str:
 def write_report(params: Params, results_dir: Path, out: Path) -> None:
     """Write the HTML report of the evaluation in ``results_dir`` to ``out`` (atomically)."""
     results_dir = Path(results_dir)
-    metrics = _read_json(results_dir / "metrics.json")
     evaluation = _read_json(results_dir / "evaluation.json")
     captions = _read_json(results_dir / "figures" / "captions.json")
     rows = read_matrix(results_dir / "matrix.csv")
@@ -320,7 +319,7 @@ def write_report(params: Params, results_dir: Path, out: Path) -> None:
         "<p>From each run's <code>train.json</code>: optimizer steps, training samples seen, "
         "estimated FLOPs (forward + backward), wall time of the steps and the final "
         "validation DSM loss at each store level the network can run at.</p>",
-        _training(params, metrics),
+        _training(params, evaluation.get("training", {})),
         "<h2>Figures</h2>", _figures(results_dir / "figures", captions),
     ]
     page = ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"

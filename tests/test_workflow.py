@@ -1,0 +1,104 @@
+"""Snakemake and DVC agree on what each step depends on: the params it reads and the code it
+runs (both derived from mldiff.config.step_params and mldiff.codedeps)."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from conftest import ROOT
+from mldiff import codedeps, config
+
+STAGES = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+
+
+def _body(stage: str) -> dict:
+    return STAGES[stage].get("do", STAGES[stage])
+
+
+def _pick(tree: dict, keys: list[str]) -> dict:
+    """The nested dict holding only the dotted ``keys`` of ``tree``."""
+    out: dict = {}
+    for key in keys:
+        *parents, leaf = key.split(".")
+        src, dst = tree, out
+        for part in parents:
+            src, dst = src[part], dst.setdefault(part, {})
+        dst[leaf] = src[leaf]
+    return out
+
+
+def test_dvc_stages_call_their_step_and_list_its_params():
+    assert set(STAGES) == set(config.STEP_PARAMS)
+    params = config.Params()
+    dumped = params.model_dump(mode="json")
+    for name in STAGES:
+        body = _body(name)
+        assert body["cmd"].split()[:2] == ["mldiff", name]
+        if name != "train":
+            assert tuple(body["params"]) == config.STEP_PARAMS[name]
+            continue
+        for run, spec in dumped["train"]["runs"].items():  # foreach over train.runs
+            keys = [k.replace("${key}", run).replace("${item.prior}", spec["prior"])
+                    .replace("${item.network}", spec["network"]) for k in body["params"]]
+            assert _pick(dumped, keys) == config.step_params(params, "train", run), run
+
+
+def test_one_runs_params_leave_the_other_runs_alone():
+    params = config.Params()
+    runs = list(params.train.runs)
+    changed = params.model_copy(deep=True)
+    changed.train.runs[runs[0]].schedule[0] = (16, 7)
+    assert config.step_params(changed, "train", runs[0]) != config.step_params(
+        params, "train", runs[0])
+    assert all(config.step_params(changed, "train", r) == config.step_params(params, "train", r)
+               for r in runs[1:])
+
+
+@pytest.mark.parametrize("step", codedeps.STEPS)
+def test_dvc_code_deps_are_the_derived_list(step):
+    listed = [d for d in _body(step)["deps"] if d.startswith("src/")]
+    expected = [f"src/mldiff/{f}" for f in codedeps.step_files(step)]
+    assert listed == expected, f"dvc.yaml stage {step}: set its src/ deps to\n" + "\n".join(
+        f"- {f}" for f in expected)
+    if step in ("simulate", "reference"):  # user modules (pde.imports) live in systems/
+        assert "systems" in _body(step)["deps"]
+
+
+def test_code_deps_follow_what_a_step_imports():
+    """Runtime check: the mldiff modules a step has loaded after running its command's imports
+    include the derived list's, and the derived lists are narrower than the whole package
+    where the code is unrelated (editing a sampler does not retrain; the report does not
+    re-evaluate)."""
+    files = {s: set(codedeps.step_files(s)) for s in codedeps.STEPS}
+    assert "diffusion/samplers.py" in files["sample"] and "diffusion/samplers.py" not in files[
+        "train"]
+    assert "evaluate/report.py" in files["report"] and "evaluate/report.py" not in files[
+        "evaluate"]
+    assert {"config.py", "io.py"} <= files["store"] and "spectral.py" in files["evaluate"]
+    probe = ("import sys, mldiff.cli as c, mldiff.codedeps as d\n"
+             "from mldiff.evaluate import write_report\n"
+             "loaded = {m for m in sys.modules if m.startswith('mldiff')}\n"
+             "print(sorted(set(d.step_modules('report')) - loaded))")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                         check=True).stdout
+    assert out.strip() == "[]"  # every derived module of report is one Python really loads
+
+
+def test_user_module_files(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "systems").mkdir()
+    (tmp_path / "systems" / "brusselator.py").write_text("")
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "__init__.py").write_text("")
+    assert codedeps.user_module_files(["systems.brusselator", "mine", "numpy"]) == [
+        "systems/brusselator.py", "mine"]
+
+
+def test_unknown_step():
+    with pytest.raises(ValueError, match=re.escape("unknown step 'nope'")):
+        codedeps.step_files("nope")
