@@ -4,6 +4,7 @@ runs (both derived from mldiff.config.step_params and mldiff.codedeps)."""
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
 import sys
 
@@ -102,3 +103,45 @@ def test_user_module_files(tmp_path, monkeypatch):
 def test_unknown_step():
     with pytest.raises(ValueError, match=re.escape("unknown step 'nope'")):
         codedeps.step_files("nope")
+
+
+def test_preset_keeps_the_params_files_comments(tmp_path, capsys):
+    from helpers import run_cli
+
+    out = tmp_path / "params.yaml"
+    out.write_text((ROOT / "params.yaml").read_text())
+    comments = [line.split("#", 1)[1] for line in out.read_text().splitlines() if "#" in line]
+    assert run_cli(capsys, ["preset", "tiny", "--out", out])[0] == 0
+    tiny = out.read_text()
+    assert tiny.startswith("# mldiff params: preset 'tiny'")
+    assert config.load_params(out).pde.n == 32
+    assert all(c in tiny for c in comments)
+    assert run_cli(capsys, ["preset", "default", "--out", out])[0] == 0
+    assert config.load_params(out) == config.Params()
+    assert out.read_text() == (ROOT / "params.yaml").read_text()
+
+
+@pytest.mark.slow
+def test_snakemake_conventions(project):
+    """Lint-clean; every rule has its conda env (built by `--sdm conda`); a params typo
+    reaches the user as mldiff's one line."""
+    from helpers import ENV, run
+
+    assert "Congratulations" in run(["snakemake", "--lint"], project)
+    conda = subprocess.run(["snakemake", "--sdm", "conda", "-n"], cwd=project, env=ENV,
+                           capture_output=True, text=True)
+    if shutil.which("conda"):
+        assert conda.returncode == 0, conda.stderr[-2000:]
+    else:  # no conda here: Snakemake resolves every rule's env file, then needs the binary
+        assert "Error running conda info" in conda.stderr, conda.stderr[-2000:]
+        containerize = subprocess.run(["snakemake", "--containerize"], cwd=project, env=ENV,
+                                      capture_output=True, text=True)
+        assert "Hashing conda environment workflow/envs/mldiff.yaml" in containerize.stderr
+    params = project / "params.yaml"
+    params.write_text(params.read_text().replace("\npde:\n", "\npde:\n  nn: 3\n"))
+    typo = subprocess.run(["snakemake", "-n"], cwd=project, env=ENV, capture_output=True,
+                          text=True)
+    lines = [line for line in typo.stderr.splitlines() if line.strip()]
+    assert typo.returncode != 0
+    assert any(line.startswith("mldiff: error: ") and "pde.nn" in line for line in lines), lines
+    assert len(lines) <= 3, lines  # no schema dump, no traceback

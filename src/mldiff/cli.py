@@ -286,7 +286,7 @@ def cmd_preset(args: argparse.Namespace) -> None:
 
 
 PRESET_LINE = "# mldiff params: preset "
-COMMENT_COLUMN = 29  # where params.yaml's end-of-line comments start (at least)
+COMMENT_COLUMN = 29  # where params.yaml's end-of-line comments start
 
 
 def _commented_yaml(path: Path, values: dict) -> str:
@@ -303,18 +303,20 @@ def _commented_yaml(path: Path, values: dict) -> str:
             return node
         return value
 
-    def update(node: CommentedMap, target: dict) -> None:
+    def update(node: CommentedMap, target: dict, indent: int = 0) -> None:
         for key in [k for k in node if k not in target]:
             del node[key]
         for key, value in target.items():
             old = node.get(key)
             if isinstance(value, dict) and isinstance(old, CommentedMap):
-                update(old, value)
+                update(old, value, indent + 2)
             elif key not in node or old != value or type(old) is not type(value):
                 node[key] = flow(value)
                 token = (node.ca.items.get(key) or [None] * 3)[2]
-                if token is not None and token.column > COMMENT_COLUMN:
-                    token.column = COMMENT_COLUMN  # after a long value, back in line
+                if token is not None:  # the file's column, or two spaces after a long value
+                    text = yaml.safe_dump(value, default_flow_style=True, width=4096)
+                    width = indent + len(f"{key}: {text.removesuffix('...').strip()}")
+                    token.column = max(COMMENT_COLUMN, width + 2)
             node.move_to_end(key)
 
     rt = YAML()
