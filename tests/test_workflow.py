@@ -133,15 +133,17 @@ def test_snakemake_conventions(project):
     if shutil.which("conda"):
         assert conda.returncode == 0, conda.stderr[-2000:]
     else:  # no conda here: Snakemake resolves every rule's env file, then needs the binary
-        assert "Error running conda info" in conda.stderr, conda.stderr[-2000:]
+        assert "Error running conda info" in conda.stdout + conda.stderr, conda.stderr[-2000:]
         containerize = subprocess.run(["snakemake", "--containerize"], cwd=project, env=ENV,
                                       capture_output=True, text=True)
-        assert "Hashing conda environment workflow/envs/mldiff.yaml" in containerize.stderr
+        out = containerize.stdout + containerize.stderr
+        assert "Hashing conda environment workflow/envs/mldiff.yaml" in out, out[-2000:]
     params = project / "params.yaml"
     params.write_text(params.read_text().replace("\npde:\n", "\npde:\n  nn: 3\n"))
     typo = subprocess.run(["snakemake", "-n"], cwd=project, env=ENV, capture_output=True,
                           text=True)
-    lines = [line for line in typo.stderr.splitlines() if line.strip()]
+    lines = [line for line in (typo.stdout + typo.stderr).splitlines() if line.strip()
+             and not line.startswith("Using workflow specific profile")]
     assert typo.returncode != 0
     assert any(line.startswith("mldiff: error: ") and "pde.nn" in line for line in lines), lines
     assert len(lines) <= 3, lines  # no schema dump, no traceback
