@@ -326,7 +326,8 @@ def test_non_finite_and_missing_metrics_become_null(tmp_path):
     metrics = metrics_json(rows, {"m": {"final_validation_loss_8": float("inf")}})
     assert metrics == {
         "m": {"energy_distance": {"n8": None, "n16": None},
-              "spectrum_log_error": {"n8": None, "n16": None}, "final_validation_loss": None},
+              "spectrum_log_error": {"n8": None, "n16": None},
+              "variance_ratio": {"n8": None, "n16": None}, "final_validation_loss": None},
         "heldout_vs_train": {"energy_distance": {"n8": 0.01}},
     }
     write_csv(tmp_path / "m.csv", rows, ["model", "resolution", "energy_distance", "mmd2"])

@@ -64,8 +64,7 @@ def test_one_runs_params_leave_the_other_runs_alone():
 def test_dvc_code_deps_are_the_derived_list(step):
     listed = [d for d in _body(step)["deps"] if d.startswith("src/")]
     expected = [f"src/mldiff/{f}" for f in codedeps.step_files(step)]
-    assert listed == expected, f"dvc.yaml stage {step}: set its src/ deps to\n" + "\n".join(
-        f"- {f}" for f in expected)
+    assert listed == expected, f"dvc.yaml stage {step}: run `python -m mldiff.codedeps`"
     if step in ("simulate", "reference"):  # user modules (pde.imports) live in systems/
         assert "systems" in _body(step)["deps"]
 
@@ -88,6 +87,15 @@ def test_code_deps_follow_what_a_step_imports():
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
                          check=True).stdout
     assert out.strip() == "[]"  # every derived module of report is one Python really loads
+
+
+def test_sync_dvc_yaml_rewrites_only_the_code_deps(tmp_path):
+    text = (ROOT / "dvc.yaml").read_text()
+    stale = tmp_path / "dvc.yaml"
+    stale.write_text(text.replace("      - src/mldiff/spectral.py\n", "", 1)
+                     .replace("- src/mldiff/io.py\n", "- src/mldiff/io.py\n- src/mldiff/x.py\n", 1))
+    assert codedeps.sync_dvc_yaml(stale)
+    assert stale.read_text() == text and not codedeps.sync_dvc_yaml(stale)
 
 
 def test_user_module_files(tmp_path, monkeypatch):

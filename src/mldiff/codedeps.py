@@ -15,6 +15,7 @@ up in the registries; the steps import what they run).
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 PACKAGE = "mldiff"
@@ -107,3 +108,32 @@ def user_module_files(modules: list[str]) -> list[str]:
         elif path.with_suffix(".py").is_file():
             files.append(path.with_suffix(".py").as_posix())
     return files
+
+
+def sync_dvc_yaml(path: Path) -> bool:
+    """Rewrite each stage's ``- src/mldiff/...`` dependency lines in dvc.yaml to
+    :func:`step_files` (in place, nothing else touched); True if anything changed."""
+    lines = Path(path).read_text().splitlines(keepends=True)
+    out: list[str] = []
+    stage = None
+    for line in lines:
+        name = re.fullmatch(r"  (\w+):\n", line)
+        if name:
+            stage = name.group(1)
+        entry = re.fullmatch(r"(\s*)- src/mldiff/\S+\n", line)
+        if entry is None:
+            out.append(line)
+        elif not (out and out[-1].lstrip().startswith("- src/mldiff/")):
+            out += [f"{entry.group(1)}- src/mldiff/{f}\n" for f in step_files(stage)]
+    text = "".join(out)
+    changed = text != "".join(lines)
+    if changed:
+        Path(path).write_text(text)
+    return changed
+
+
+if __name__ == "__main__":  # python -m mldiff.codedeps [dvc.yaml]: after changing imports
+    import sys
+
+    target = Path(sys.argv[1] if len(sys.argv) > 1 else "dvc.yaml")
+    print(f"{target}: {'updated' if sync_dvc_yaml(target) else 'already up to date'}")
