@@ -488,7 +488,7 @@ FILES = [
     ("non-numeric validation.csv cell",
      _write("models/r/validation.csv", "step,level,elapsed_s,val_loss_8,val_loss_16\n"
                                        "1,8,0.1,abc,\n"),
-     lambda d: _evaluate(d, d / "res"), ["validation.csv: column elapsed_s or val_loss_8"]),
+     lambda d: _evaluate(d, d / "res"), ["validation.csv: column step, elapsed_s or val_loss_8"]),
     ("train.json with text for a count", _write("models/r/train.json", '{"steps": "many"}'),
      lambda d: _evaluate(d, d / "res"), ["train.json: attribute 'steps' is 'many'"]),
     ("train.json not an object", _write("models/r/train.json", "[]"),

@@ -469,16 +469,19 @@ def read_training(run_dir: Path) -> tuple[dict[str, float], list[dict[str, Any]]
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise MldiffError(f"{path}: not a readable validation curve ({type(exc).__name__})"
                           ) from None
-    try:
-        records = [
-            {"model": run_dir.name, "level": int(column.removeprefix("val_loss_")),
-             "step": int(r["step"]), "elapsed_s": float(r["elapsed_s"]), "loss": float(value)}
-            for r in table for column, value in r.items()
-            if column and column.startswith("val_loss_") and value
-        ]
-    except (KeyError, TypeError, ValueError) as exc:
-        raise MldiffError(f"{path}: column step, elapsed_s or val_loss_<n> holds a value that "
-                          f"is not a number ({exc})") from None
+    records = []
+    for r in table:
+        for column, value in r.items():
+            if not (column and column.startswith("val_loss_") and value):
+                continue
+            try:
+                records.append({"model": run_dir.name,
+                                "level": int(column.removeprefix("val_loss_")),
+                                "step": int(r["step"]), "elapsed_s": float(r["elapsed_s"]),
+                                "loss": float(value)})
+            except (KeyError, TypeError, ValueError) as exc:
+                raise MldiffError(f"{path}: column step, elapsed_s or {column} holds a value "
+                                  f"that is not a number ({exc})") from None
     return flat, records
 
 
