@@ -221,3 +221,21 @@ def test_fitted_prior_round_trips_through_its_parameters_and_validates_them():
     two = Fitted.fit(torch.cat([x, x], 1), "periodic")
     with pytest.raises(MldiffError, match="one spectrum per species"):
         two.sample((4, 3), 16, "periodic", _gen(2))
+
+
+def test_fitted_prior_extends_an_exponential_spectrum_by_the_exponential_law():
+    # c(k) = exp(−k / 5) (smooth fields, like FitzHugh–Nagumo); fitted at 16² periodic, the law
+    # beyond the band is exponential with the data's slope less the margin, so at 4x λ stays
+    # above c (data inside Q's support) by at most exp(margin · (k/k_M − 1)).
+    knots = [math.pi * s for s in range(40)]
+    data = Fitted(knots=knots, values=[[math.exp(-k / 5) for k in knots]], decay=[8.0],
+                  laws=["exponential"])
+    x = data.sample((400, 1), 16, "periodic", _gen(3), torch.float64)
+    fitted = Fitted.fit(x, "periodic")
+    assert fitted.laws == ["exponential"]
+    assert Fitted.fit(build_prior("matern").sample((400, 1), 16, "periodic", _gen(4),
+                                                   torch.float64), "periodic").laws == ["power"]
+    k = spectral.wavenumber_squared(64, 2.0, "periodic").sqrt()
+    beyond = (k > fitted.knots[-1]) & (k < 32 * math.pi)
+    ratio = (fitted.eigenvalues(64, "periodic") / data.eigenvalues(64, "periodic"))[beyond]
+    assert 0.7 < float(ratio.min()) and float(ratio.max()) < math.exp(0.25 * 3) * 1.3

@@ -315,7 +315,7 @@ class TrainParams(Section):
                 network="fno", prior="matern", schedule=[(8, 1000), (16, 500)]
             ),
             "fno_white_l16": RunSpec(network="fno", prior="white", schedule=[(16, 1500)]),
-            "unet_matern_l16": RunSpec(network="unet", prior="matern", schedule=[(16, 1500)]),
+            "unet_matern_l16": RunSpec(network="unet", prior="fitted", schedule=[(16, 1500)]),
         }
     )
 
@@ -388,6 +388,7 @@ class Params(Section):
         default_factory=lambda: {
             "matern": PriorSpec(name="matern", params={"gamma": 1.5}),
             "white": PriorSpec(name="white"),
+            "fitted": PriorSpec(name="fitted", params={"margin": 0.25}),
         }
     )
     networks: Annotated[dict[str, NetworkSpec], Field(min_length=1)] = Field(

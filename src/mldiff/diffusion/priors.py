@@ -238,6 +238,7 @@ class Combined(Prior):
 
 # Floor of the fitted prior's decay beyond its band: ``|k|^(−p)`` is trace class in 2D for p > 2.
 MIN_DECAY = 2.5
+LAWS = ("power", "exponential")  # decay laws of the fitted prior beyond its band
 
 
 class Fitted(Prior):
@@ -245,8 +246,10 @@ class Fitted(Prior):
 
     Inside the fitted band (``|k| ≤ k_M``, the last of ``knots``, physical wavenumbers)
     ``λ_s(|k|) = scale · exp(interp(|k|; knots, log values[s]))``, log-linear between knots;
-    beyond it the power law ``λ_s = scale · values[s][-1] · (|k| / k_M)^(−decay[s])`` with
-    ``decay ≥ MIN_DECAY > 2``, so Q is trace class on every finer grid. The knots are physical
+    beyond it a decay law of log-log slope ``−p = −decay[s]`` at ``k_M``, ``laws[s]`` either
+    ``power``, ``λ_s = scale · values[s][-1] · (|k| / k_M)^(−p)``, or ``exponential``,
+    ``λ_s = scale · values[s][-1] · exp(−p (|k| − k_M) / k_M)``, with ``p ≥ MIN_DECAY > 2``, so
+    Q is trace class on every finer grid. The knots are physical
     wavenumbers, so the same operator applies on the periodic and the no-flux basis and at any
     resolution. Species are independent (Q is block diagonal, no cross-covariance: the prior only
     has to bound each species' spectrum; the network learns their coupling); with several
@@ -266,12 +269,14 @@ class Fitted(Prior):
         knots: list[float] | None = None,
         values: list[list[float]] | None = None,
         decay: list[float] | None = None,
+        laws: list[str] | None = None,
         length: float = 2.0,
         scale: float = 1.0,
     ) -> None:
         super().__init__(length=length, scale=scale)
         self.margin = check_positive("margin", margin, allow_zero=True)
         self.knots, self.values, self.decay = knots, values, decay
+        self.laws = laws if laws is not None or decay is None else ["power"] * len(decay)
         if knots is None and values is None and decay is None:
             return
         try:
@@ -282,11 +287,12 @@ class Fitted(Prior):
             k = v = p = torch.zeros(0)
         ok = (k.ndim == 1 and len(k) >= 2 and bool((k.diff() > 0).all()) and v.ndim == 2
               and v.shape[1] == len(k) and bool((v > 0).all()) and p.shape == (v.shape[0],)
-              and bool((p > 2).all()))
+              and bool((p > 2).all()) and isinstance(self.laws, list)
+              and len(self.laws) == len(p) and set(self.laws) <= set(LAWS))
         if not ok:
             raise MldiffError(
                 "prior 'fitted': expected increasing knots, positive values (species x knots) "
-                "and one decay > 2 per species"
+                f"and one decay > 2 and one law in {LAWS} per species"
             )
 
     @classmethod
@@ -302,10 +308,11 @@ class Fitted(Prior):
         """The prior of fields ``x (N, C, n, n)``: per species and shell ``s`` the mean second
         moment ``P_s`` of :func:`shell_power` (uncentred: the process noises ``x`` itself),
         floored at ``1e-12 · max P``; ``log P`` smoothed by a (1, 2, 1)/4 filter over the
-        shells ``2 … top − 1``; knots at the shells' mean ``|k|``. The decay is the
-        least-squares slope ``p`` of ``log P`` against ``log k`` over the upper half of the
-        shells, less ``margin`` (Q slightly rougher than the data beyond the band, keeping
-        them inside its support), floored at :data:`MIN_DECAY`.
+        shells ``2 … top − 1``; knots at the shells' mean ``|k|``. Over the upper half of the
+        shells ``log P`` is fitted by least squares against ``log k`` (power law) and against
+        ``k`` (exponential); the law with the smaller residual is kept, its log-log slope at
+        ``k_M`` less ``margin`` (Q slightly rougher than the data just beyond the band, keeping
+        them inside its support) and floored at :data:`MIN_DECAY` is the decay.
         """
         knots, shells = shell_power(x, boundary, length)
         top = len(knots) - 1
@@ -314,18 +321,22 @@ class Fitted(Prior):
         if top >= 3:
             logs[:, 2:-1] = (logs[:, 1:-2] + 2 * logs[:, 2:-1] + logs[:, 3:]) / 4
         upper = slice(max(1, top // 2), top + 1)
-        log_k = knots[upper].log()
-        centred = log_k - log_k.mean()
-        slope = ((logs[:, upper] - logs[:, upper].mean(1, keepdim=True)) * centred).sum(1)
-        slope = slope / centred.square().sum().clamp_min(1e-300)
-        decay = (-slope - margin).clamp_min(MIN_DECAY)
+        y = logs[:, upper] - logs[:, upper].mean(1, keepdim=True)
+        fits = []
+        for abscissa, to_log_log in ((knots[upper].log(), 1.0), (knots[upper], knots[-1])):
+            centred = abscissa - abscissa.mean()
+            slope = (y * centred).sum(1) / centred.square().sum().clamp_min(1e-300)
+            fits.append(((y - slope[:, None] * centred).square().sum(1), -slope * to_log_log))
+        exponential = fits[1][0] < fits[0][0]
+        decay = (torch.where(exponential, fits[1][1], fits[0][1]) - margin).clamp_min(MIN_DECAY)
+        laws = [LAWS[int(e)] for e in exponential]
         return cls(margin=margin, knots=knots.tolist(), values=logs.exp().tolist(),
-                   decay=decay.tolist(), length=length, scale=scale)
+                   decay=decay.tolist(), laws=laws, length=length, scale=scale)
 
     def params(self) -> dict[str, Any]:
         """Keyword parameters that rebuild this prior with :func:`build_prior` (JSON-ready)."""
         return {"margin": self.margin, "knots": self.knots, "values": self.values,
-                "decay": self.decay, "scale": self.scale}
+                "decay": self.decay, "laws": self.laws, "scale": self.scale}
 
     def spectrum(self, k2: torch.Tensor) -> torch.Tensor:
         if self.knots is None:
@@ -336,9 +347,11 @@ class Fitted(Prior):
         k = k2.sqrt().numpy()
         last = self.knots[-1]
         rows = []
-        for values, decay in zip(self.values, self.decay, strict=True):
+        for values, decay, law in zip(self.values, self.decay, self.laws, strict=True):
             inside = np.exp(np.interp(k, self.knots, np.log(values)))
-            beyond = values[-1] * (np.maximum(k, last) / last) ** (-decay)
+            ratio = np.maximum(k, last) / last
+            beyond = values[-1] * (ratio ** (-decay) if law == "power"
+                                   else np.exp(-decay * (ratio - 1)))
             rows.append(torch.from_numpy(np.where(k <= last, inside, beyond)))
         return rows[0] if len(rows) == 1 else torch.stack(rows)
 
