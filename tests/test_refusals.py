@@ -474,6 +474,10 @@ FILES = [
     ("model of an unknown prior",
      lambda d: _model(d, spec=_model_spec(d, prior={"name": "brownian", "params": {}})),
      _sample, ["model.pt: ", "brownian"]),
+    ("model network too large to build",
+     lambda d: _model(d, spec=_model_spec(d, network={"arch": "fno", "params": {
+         "width": 4, "modes": 10**6, "layers": 1}})), _sample,
+     ["model.pt: spec.network: params.modes: expected an integer from 1 to 4096"]),
     ("samples attribute hand-edited",
      lambda d: _attrs(d / "samples/r/n16.nc", False, resampled_from=8),
      lambda d: _evaluate(d, d / "res"), ["n16.nc: attribute checksum mismatch"]),

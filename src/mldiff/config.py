@@ -579,6 +579,18 @@ def validate(raw: Any, source: str = "params") -> Params:
         raise MldiffError(f"{source}: {exc}") from None
 
 
+def validate_section(model: type[Section], raw: Any, key: str) -> Section:
+    """Validate one section (e.g. a model file's network spec) with the rules of params.yaml;
+    :class:`MldiffError` naming ``key`` and the first problem."""
+    check_plain(raw, key)
+    try:
+        return model.model_validate_json(json.dumps(raw), strict=True)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(map(str, (key, *err["loc"])))
+        raise MldiffError(f"{where}: {err['msg'].removeprefix('Value error, ')}") from None
+
+
 MAX_DEPTH = 16  # nesting of mappings/lists in a params file
 MAX_NODES = 100_000  # YAML nodes after alias expansion
 MAX_BYTES = 1 << 20

@@ -38,7 +38,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from mldiff import io
+from mldiff import config, io
 from mldiff.config import Params
 from mldiff.datasets import normalize, open_level
 from mldiff.diffusion import (
@@ -673,17 +673,21 @@ def load_model(path: Path, device: torch.device) -> tuple[torch.nn.Module, Forwa
     info = {k: io.attr(obj, path, k, "json") for k in ("spec", "geometry", "stats", "summary")}
     geometry, stats = info["geometry"], info["stats"]
     try:
-        channels = geometry["channels"]
-        if not (isinstance(channels, int) and len(geometry["species"]) == channels
-                == len(stats["mean"]) == len(stats["std"])
-                and isinstance(geometry["resolution"], int) and 4 <= geometry["resolution"]):
+        channels, resolution = geometry["channels"], geometry["resolution"]
+        if not (isinstance(channels, int) and 1 <= channels <= 64
+                and len(geometry["species"]) == channels == len(stats["mean"])
+                == len(stats["std"]) and isinstance(resolution, int)
+                and 4 <= resolution <= 4096):
             raise ValueError("channels, species, stats and resolution disagree")
+        # The network and process sections pass the same validation as params.yaml's.
+        config.validate_section(config.NetworkSpec, info["spec"]["network"], "spec.network")
+        config.validate_section(config.ProcessParams, info["spec"]["process"], "spec.process")
         net, process = build_components(info["spec"], geometry)
     except MldiffError as exc:
         raise MldiffError(f"{path}: {exc}") from None
-    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+    except (KeyError, TypeError, ValueError, AttributeError, RuntimeError) as exc:
         raise MldiffError(f"{path}: its spec, geometry or stats are not ones this mldiff "
-                          f"builds ({type(exc).__name__}: {exc})") from None
+                          f"builds ({type(exc).__name__}: {str(exc)[:200]})") from None
     bad = [k for k, v in obj["ema"].items() if v.is_floating_point() and not v.isfinite().all()]
     if bad:
         raise MldiffError(f"{path}: weights {bad[:3]} hold NaN or inf (a diverged or damaged "
