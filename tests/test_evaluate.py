@@ -268,6 +268,20 @@ def test_report_is_self_contained_and_holds_every_cell(study):
     assert "No sample set blows up or collapses" in page
     for run in RUNS:
         assert run in page
+    facts = re.search(r"Generated (\d{4}-\d\d-\d\d \d\d:\d\d UTC) by mldiff [\d.]+ at git "
+                      r"revision\s+<code>([^<]+)</code> from custom params", page)
+    assert facts, "date, version, revision and preset stated"
+    widths = [len(re.findall(r"<th>", t)) for t in re.findall(r"<thead>.*?</thead>", page)]
+    assert max(widths) <= 9, widths  # every table fits a 1280-px window (no 16 columns)
+
+
+def test_report_names_the_preset():
+    from mldiff.evaluate.report import _preset_text
+
+    assert _preset_text(config.Params()) == "the default params"
+    raw = config.deep_merge(config.Params().model_dump(mode="json"),
+                            config.read_yaml(config.PRESETS_DIR / "tiny.yaml"), depth=2)
+    assert _preset_text(config.validate(raw)) == "the params of preset 'tiny'"
 
 
 def test_evaluation_is_deterministic(study, tmp_path):
@@ -334,3 +348,14 @@ def test_non_finite_and_missing_metrics_become_null(tmp_path):
     assert (tmp_path / "m.csv").read_text().splitlines() == [
         "model,resolution,energy_distance,mmd2", "m,8,,0.25", "m,16,,",
         "heldout_vs_train,8,0.01,"]
+
+
+def test_coinciding_model_curves_stay_distinguishable():
+    from mldiff.evaluate.figures import _style
+
+    models = ["fno_a", "fno_b", "unet"]
+    styles = [_style(m, models, models) for m in models]
+    assert len({s["marker"] for s in styles}) == 3 and len({s["color"] for s in styles}) == 3
+    widths = [s["linewidth"] for s in styles]  # an earlier curve shows as a rim under a later
+    assert widths == sorted(widths, reverse=True) and widths[0] > widths[-1]
+    assert all(s["markerfacecolor"] == "none" for s in styles)

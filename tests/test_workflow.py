@@ -89,6 +89,14 @@ def test_code_deps_follow_what_a_step_imports():
     assert out.strip() == "[]"  # every derived module of report is one Python really loads
 
 
+def test_every_data_file_of_the_package_is_a_code_dep():
+    package = ROOT / "src" / "mldiff"
+    data = {p.relative_to(package).as_posix() for p in package.rglob("*")
+            if p.is_file() and p.suffix not in (".py", ".pyc")}
+    assert data == {f for files in codedeps.DATA_FILES.values() for f in files}
+    assert "evaluate/templates/report.html.j2" in codedeps.step_files("report")
+
+
 def test_sync_dvc_yaml_rewrites_only_the_code_deps(tmp_path):
     text = (ROOT / "dvc.yaml").read_text()
     stale = tmp_path / "dvc.yaml"

@@ -21,6 +21,8 @@ from pathlib import Path
 PACKAGE = "mldiff"
 PACKAGE_DIR = Path(__file__).resolve().parent
 STEPS = ("simulate", "store", "reference", "train", "sample", "evaluate", "report")
+# Files other than Python that a module reads at run time (package-relative).
+DATA_FILES = {f"{PACKAGE}.evaluate.report": ("evaluate/templates/report.html.j2",)}
 
 
 def _module_file(module: str, root: Path) -> Path | None:
@@ -91,9 +93,11 @@ def step_modules(step: str, root: Path = PACKAGE_DIR) -> list[str]:
 
 
 def step_files(step: str, root: Path = PACKAGE_DIR) -> list[str]:
-    """The files of :func:`step_modules`, relative to the package folder ``root``, sorted."""
-    files = {_module_file(m, root).relative_to(root).as_posix() for m in step_modules(step, root)}
-    return sorted(files)
+    """The files of :func:`step_modules` and the :data:`DATA_FILES` they read, relative to the
+    package folder ``root``, sorted."""
+    modules = step_modules(step, root)
+    files = {_module_file(m, root).relative_to(root).as_posix() for m in modules}
+    return sorted(files | {f for m in modules for f in DATA_FILES.get(m, ())})
 
 
 def user_module_files(modules: list[str]) -> list[str]:

@@ -21,6 +21,7 @@ from matplotlib.ticker import NullFormatter
 from mldiff import io
 
 DPI = 110
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "*")
 # Reference rows by name prefix: colour and the dash patterns of their successive members.
 REFERENCE_STYLE = {
     "heldout_test": ("black", ["-"]),
@@ -36,11 +37,16 @@ def _save(fig: Figure, path: Path) -> None:
 
 
 def _style(name: str, names: Sequence[str], models: Sequence[str]) -> dict[str, Any]:
-    """Line style of a row: its model's colour (``tab10`` by position in ``models``), or its
-    reference kind's colour with the dash pattern of its position among ``names`` of that
-    kind."""
+    """Line style of a row: its model's colour (``tab10`` by position ``i`` in ``models``),
+    hollow marker and width (each later model drawn thinner, so curves that coincide stay
+    visible, the earlier one as a rim), or its reference kind's colour with the dash pattern
+    of its position among ``names`` of that kind."""
     if name in models:
-        return {"color": colormaps["tab10"](models.index(name) % 10), "linewidth": 1.4}
+        i = models.index(name)
+        return {"color": colormaps["tab10"](i % 10), "marker": MARKERS[i % len(MARKERS)],
+                "markersize": 4 + 2.0 * (len(models) - 1 - i) / max(len(models) - 1, 1),
+                "markerfacecolor": "none", "linewidth": 1.0 + 2.0 * (len(models) - 1 - i)
+                / max(len(models) - 1, 1)}
     kind = next((k for k in REFERENCE_STYLE if name.startswith(k)), "prior")
     color, dashes = REFERENCE_STYLE[kind]
     index = [n for n in names if n.startswith(kind)].index(name)
@@ -110,7 +116,8 @@ def spectra(
                 curves.setdefault(r["model"], []).append((r["wavenumber"], r["energy"]))
         for name, points in curves.items():
             k, e = np.array(points).T
-            ax.loglog(k, e, label=name, **_style(name, names, models))
+            ax.loglog(k, e, label=name, markevery=max(1, len(k) // 8),
+                      **_style(name, names, models))
         ax.set_title(f"{b}x{b}", fontsize=10)
         ax.set_xlabel("wavenumber |k|")
         ax.xaxis.set_minor_formatter(NullFormatter())
@@ -148,8 +155,7 @@ def metric_curves(
             x = np.array([r["resolution"] for r in mine], dtype=float)
             y = np.array([_number(r.get(key)) for r in mine])
             style = _style(name, names, models)
-            ax.plot(x, y, marker="o" if name in models else None, markersize=3, label=name,
-                    **style)
+            ax.plot(x, y, label=name, **style)
             low = np.array([_number(r.get(f"{key}_low")) for r in mine])
             high = np.array([_number(r.get(f"{key}_high")) for r in mine])
             if name in models and np.isfinite(low).any():
@@ -182,8 +188,8 @@ def training_cost(path: Path, curves: Mapping[str, Mapping[str, Any]]) -> str:
         for run in models:
             c = curves[run]
             if c["group"] == group and len(c["loss"]):
-                ax.plot(c["elapsed_s"], c["loss"], marker="o", markersize=3,
-                        label=f"{c['label']} @ {c['level']}", **_style(run, models, models))
+                ax.plot(c["elapsed_s"], c["loss"], label=f"{c['label']} @ {c['level']}",
+                        **_style(run, models, models))
         losses = np.concatenate([c["loss"] for c in curves.values() if c["group"] == group])
         if len(losses) and losses.min() > 0 and losses.max() > 10 * losses.min():
             ax.set_yscale("log")  # within a decade, log ticks are unreadable

@@ -4,7 +4,9 @@ reference rows, the training cost and the figures with their captions.
 
 It reads only what :func:`mldiff.evaluate.matrix.evaluate` wrote: ``matrix.csv``,
 ``evaluation.json`` (with the training summaries of the runs' ``train.json``) and ``figures/``
-with ``figures/captions.json``.
+with ``figures/captions.json``. The page's layout and prose are the Jinja2 template
+``templates/report.html.j2``; this module builds the tables, lists and figures it places, and the
+header states the date, mldiff's version, the git revision and which preset the params are.
 """
 
 from __future__ import annotations
@@ -15,8 +17,12 @@ import html
 import json
 import re
 from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+import jinja2
+import markupsafe
 
 from mldiff import __version__, io
 from mldiff.config import Params
@@ -24,20 +30,7 @@ from mldiff.diffusion import PRIORS
 from mldiff.errors import MldiffError
 
 Cell = str | Sequence[str]
-
-STYLE = """
-body { font: 15px/1.45 system-ui, sans-serif; max-width: 1100px; margin: 2em auto;
-       padding: 0 1em; color: #222; }
-h1 { font-size: 1.6em; } h2 { margin-top: 2em; border-bottom: 1px solid #ccc; }
-table { border-collapse: collapse; margin: 0.8em 0; font-size: 13px; }
-th, td { border: 1px solid #ccc; padding: 3px 7px; text-align: right; vertical-align: top; }
-th { background: #f2f2f2; } td:first-child, th:first-child { text-align: left; }
-tr.reference td { color: #555; }
-figure { margin: 1.5em 0; } figure img { max-width: 100%; border: 1px solid #eee; }
-figcaption { font-size: 13px; color: #444; }
-li.holds { color: #14611f; } li.fails { color: #8a1c1c; }
-code { background: #f4f4f4; padding: 0 3px; }
-"""
+TEMPLATE = "report.html.j2"  # in templates/ beside this file: the page's layout and prose
 
 
 def read_matrix(path: Path) -> list[dict[str, Any]]:
@@ -231,25 +224,33 @@ def _matrix(rows: Sequence[Mapping[str, Any]], resolutions: Sequence[int]) -> st
     return _table(["row", "train level", *[f"n = {b}" for b in resolutions]], body)
 
 
-def _details(rows: Sequence[Mapping[str, Any]]) -> str:
-    """Every cell with the main metrics; ``data-model``/``data-resolution`` on each row."""
-    header = ["row", "n", "compared at", "reference data", "energy distance", "MMD²", "sliced W₂",
-              "spectrum error (band)", "spectrum error (all shells)",
-              "wavelength samples / data", "variance samples / data",
-              "Vendi samples / data", "samples / data", "process",
-              "sampling s / sample", "network grid points / sample"]
-    body = [
-        ({"class": r["kind"], "data-model": r["model"], "data-resolution": str(r["resolution"])},
-         [r["model"], str(r["resolution"]), str(r["compared_at"]), str(r["reference_data"]),
-          _interval(r, "energy_distance"), _interval(r, "mmd2"), _interval(r, "sliced_w2"),
-          _fmt(r.get("spectrum_log_error")), _fmt(r.get("spectrum_log_error_full")),
-          *(f"{_fmt(_get(r, f'{k}_samples'))} / {_fmt(_get(r, f'{k}_reference'))}"
-            for k in ("wavelength", "variance", "vendi")),
-          f"{r['n_samples']} / {r['n_reference']}", str(r.get("process") or ""),
-          _fmt(r.get("sampling_s_per_sample")), _fmt(r.get("network_points_per_sample"))])
-        for r in rows
-    ]
-    return _table(header, body)
+def _details(rows: Sequence[Mapping[str, Any]]) -> tuple[str, str]:
+    """Every cell in two tables that each fit a 1280-px window: the distances, then the
+    samples' statistics and cost; ``data-model``/``data-resolution`` on the first's rows."""
+    def attrs(r: Mapping[str, Any], cell: bool) -> dict[str, str]:
+        return {"class": r["kind"], **({"data-model": r["model"],
+                                        "data-resolution": str(r["resolution"])} if cell else {})}
+
+    distances = _table(
+        ["row", "n", "compared at", "reference data", "energy distance", "MMD²", "sliced W₂",
+         "spectrum error (band)", "spectrum error (all shells)"],
+        [(attrs(r, True),
+          [r["model"], str(r["resolution"]), str(r["compared_at"]), str(r["reference_data"]),
+           _interval(r, "energy_distance"), _interval(r, "mmd2"), _interval(r, "sliced_w2"),
+           _fmt(r.get("spectrum_log_error")), _fmt(r.get("spectrum_log_error_full"))])
+         for r in rows])
+    statistics = _table(
+        ["row", "n", "wavelength samples / data", "variance samples / data",
+         "Vendi samples / data", "samples / data", "process", "sampling s / sample",
+         "network grid points / sample"],
+        [(attrs(r, False),
+          [r["model"], str(r["resolution"]),
+           *(f"{_fmt(_get(r, f'{k}_samples'))} / {_fmt(_get(r, f'{k}_reference'))}"
+             for k in ("wavelength", "variance", "vendi")),
+           f"{r['n_samples']} / {r['n_reference']}", str(r.get("process") or ""),
+           _fmt(r.get("sampling_s_per_sample")), _fmt(r.get("network_points_per_sample"))])
+         for r in rows])
+    return distances, statistics
 
 
 def _training(params: Params, training: Mapping[str, Any]) -> str:
@@ -300,29 +301,39 @@ def write_report(params: Params, results_dir: Path, out: Path) -> None:
     resolutions = sorted({r["resolution"] for r in rows})
     models = [r for r in rows if r["kind"] == "model"]
     references = [r for r in rows if r["kind"] != "model"]
-    body = [
-        "<h1>mldiff: cross-resolution evaluation</h1>",
-        f"<p>Generated by mldiff {__version__}. Each trained run was sampled at "
-        f"{', '.join(map(str, resolutions))} and compared with held-out data; all numbers are "
-        "in normalized units.</p>",
-        "<h2>Verdicts</h2>", _verdicts(evaluation["verdicts"]),
-        "<h2>Sanity of the samples</h2>", _sanity(models),
-        "<h2>Setup</h2>", _setup(params, settings),
-        "<h2>Comparison rule</h2>", _rule(settings),
-        "<h2>Generalization matrix</h2>",
-        "<p>Energy distance [95% interval] and spectrum error (band) per run and sample "
-        "resolution; † compared after restriction to the finest grid with data.</p>",
-        _matrix(models, resolutions),
-        "<h3>Reference rows</h3>", _matrix(references, resolutions),
-        "<h3>All metrics</h3>", _details(rows),
-        "<h2>Training cost</h2>",
-        "<p>From each run's <code>train.json</code>: optimizer steps, training samples seen, "
-        "estimated FLOPs (forward + backward), wall time of the steps and the final "
-        "validation DSM loss at each store level the network can run at.</p>",
-        _training(params, evaluation.get("training", {})),
-        "<h2>Figures</h2>", _figures(results_dir / "figures", captions),
-    ]
-    page = ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-            "<title>mldiff evaluation</title>"
-            f"<style>{STYLE}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
-    io.write_text(out, page)
+    distances, statistics = _details(rows)
+    sections = {
+        "verdicts": _verdicts(evaluation["verdicts"]), "sanity": _sanity(models),
+        "setup": _setup(params, settings), "rule": _rule(settings),
+        "matrix": _matrix(models, resolutions), "references": _matrix(references, resolutions),
+        "distances": distances, "statistics": statistics,
+        "training": _training(params, evaluation.get("training", {})),
+        "figures": _figures(results_dir / "figures", captions),
+    }
+    page = _template().render(
+        date=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"), version=__version__,
+        revision=io.git_revision(), preset=_preset_text(params), resolutions=resolutions,
+        **{k: markupsafe.Markup(f'<div class="scroll">{v}</div>') for k, v in sections.items()})
+    io.write_text(out, page + "\n")
+
+
+def _template() -> jinja2.Template:
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(Path(__file__).parent / "templates"),
+                             autoescape=True, undefined=jinja2.StrictUndefined)
+    return env.get_template(TEMPLATE)
+
+
+def _preset_text(params: Params) -> str:
+    """Which preset ``params`` equal: "the params of preset 'tiny'", or custom params."""
+    from mldiff import config
+
+    base = Params().model_dump(mode="json")
+    if params == Params():
+        return "the default params"
+    for path in sorted(config.PRESETS_DIR.glob("*.yaml")):
+        try:
+            if config.validate(config.deep_merge(base, config.read_yaml(path), depth=2)) == params:
+                return f"the params of preset {path.stem!r}"
+        except MldiffError:
+            continue
+    return "custom params (no preset's)"
