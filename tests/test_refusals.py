@@ -46,12 +46,14 @@ def snapshot(folder):
 
 
 def refused(capsys, folder, argv, *expected):
-    """Run ``mldiff argv``: exit 2, exactly one error line holding each of ``expected``, no
-    exception escaping (no traceback), ``folder`` byte for byte unchanged (no output, no
-    temporary)."""
+    """Run ``mldiff argv``: exit 2, exactly one error line holding each of ``expected`` and
+    nothing after it (no continuation lines), no exception escaping (no traceback), ``folder``
+    byte for byte unchanged (no output, no temporary)."""
     before = snapshot(folder)
-    code, errors = run_cli(capsys, argv)
-    assert code == 2 and len(errors) == 1, (code, errors)
+    code = cli.main([str(a) for a in argv])
+    lines = capsys.readouterr().err.splitlines()
+    errors = [line for line in lines if line.startswith("mldiff: error:")]
+    assert code == 2 and len(errors) == 1 and lines[-1] == errors[0], (code, lines[-5:])
     assert all(e in errors[0] for e in expected), (errors, expected)
     assert snapshot(folder) == before
 
@@ -378,11 +380,14 @@ def _all_test_split(path):
 
 
 def _model(d, **changes):
-    """Rewrite the trained model file with ``changes`` (``ema_nan``: a NaN weight)."""
+    """Rewrite the trained model file with ``changes`` (``ema_nan``: a NaN weight; ``legacy``:
+    weights of a layer the network does not have)."""
     import torch
 
     path = d / "models" / "r" / "model.pt"
     obj = torch.load(path, weights_only=True)
+    if changes.pop("legacy", False):  # a layer this version's network no longer has
+        obj["ema"]["out_norm.weight"] = torch.ones(4)
     if changes.pop("ema_nan", False):
         key = next(k for k, v in obj["ema"].items() if v.is_floating_point())
         obj["ema"][key] = obj["ema"][key].clone().fill_(float("nan"))
@@ -471,6 +476,8 @@ FILES = [
      ["model.pt: its spec, geometry or stats", "disagree"]),
     ("model with NaN weights", lambda d: _model(d, ema_nan=True), _sample,
      ["model.pt: weights", "hold NaN or inf"]),
+    ("model of another mldiff version", lambda d: _model(d, legacy=True), _sample,
+     ["model.pt: weights do not match its network spec (a model of another mldiff version?"]),
     ("model of an unknown prior",
      lambda d: _model(d, spec=_model_spec(d, prior={"name": "brownian", "params": {}})),
      _sample, ["model.pt: ", "brownian"]),

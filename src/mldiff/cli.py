@@ -19,7 +19,7 @@ from typing import Any
 import yaml
 
 from mldiff import __version__, config, io
-from mldiff.errors import MldiffError
+from mldiff.errors import MldiffError, one_line
 
 log = logging.getLogger("mldiff")
 
@@ -420,7 +420,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args.func(args)
     except MldiffError as exc:
-        print(f"mldiff: error: {exc}", file=sys.stderr)
+        print(f"mldiff: error: {one_line(exc, 1000)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # outside training (which checkpoints first, see train.stop_flag)
         print(f"mldiff: error: {args.command}: interrupted (Ctrl-C); outputs are written "

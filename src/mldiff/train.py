@@ -51,7 +51,7 @@ from mldiff.diffusion import (
     switch_times_from_data,
 )
 from mldiff.diffusion.priors import shell_power
-from mldiff.errors import MldiffError
+from mldiff.errors import MldiffError, one_line
 from mldiff.models import build_model, count_parameters, estimate_flops
 
 log = logging.getLogger(__name__)
@@ -687,7 +687,7 @@ def load_model(path: Path, device: torch.device) -> tuple[torch.nn.Module, Forwa
         raise MldiffError(f"{path}: {exc}") from None
     except (KeyError, TypeError, ValueError, AttributeError, RuntimeError) as exc:
         raise MldiffError(f"{path}: its spec, geometry or stats are not ones this mldiff "
-                          f"builds ({type(exc).__name__}: {str(exc)[:200]})") from None
+                          f"builds ({type(exc).__name__}: {one_line(exc, 200)})") from None
     bad = [k for k, v in obj["ema"].items() if v.is_floating_point() and not v.isfinite().all()]
     if bad:
         raise MldiffError(f"{path}: weights {bad[:3]} hold NaN or inf (a diverged or damaged "
@@ -698,5 +698,6 @@ def load_model(path: Path, device: torch.device) -> tuple[torch.nn.Module, Forwa
             process.load_state_dict(obj["process"])
             process.to(device)
     except (RuntimeError, KeyError) as exc:
-        raise MldiffError(f"{path}: weights do not match its network spec ({exc})") from None
+        raise MldiffError(f"{path}: weights do not match its network spec (a model of another "
+                          f"mldiff version? retrain it; {one_line(exc, 200)})") from None
     return net.to(device).eval(), process, info
