@@ -116,3 +116,10 @@ def test_step_params_do_not_depend_on_key_order(write_params):
     assert config.step_params(other, "train") == config.step_params(config.Params(), "train")
     assert repr(config.step_params(other, "train")) == repr(
         config.step_params(config.Params(), "train"))
+
+
+def test_solver_tight_names_the_documented_setting():
+    from mldiff.pde import TIGHT
+
+    params = config.validate({"pde": {"solver": "tight"}})
+    assert params.pde.solver.model_dump() == TIGHT

@@ -413,11 +413,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    if args.threads is not None:
-        import torch
-
-        torch.set_num_threads(max(1, args.threads))
     try:
+        if args.threads is not None:
+            if not 1 <= args.threads <= 1024:
+                raise MldiffError(f"--threads {args.threads}: expected 1 to 1024")
+            import torch
+
+            torch.set_num_threads(args.threads)
         args.func(args)
     except MldiffError as exc:
         print(f"mldiff: error: {one_line(exc, 1000)}", file=sys.stderr)

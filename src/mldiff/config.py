@@ -90,6 +90,19 @@ class PdeParams(Section):
     dtype: Literal["float32", "float64"] = "float64"
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
+    @field_validator("solver", mode="before")
+    @classmethod
+    def _named_solver(cls, value: Any) -> Any:
+        """``solver: tight`` names the documented accurate setting :data:`mldiff.pde.TIGHT`."""
+        if value == "tight":
+            from mldiff.pde import TIGHT
+
+            return SolverParams(**TIGHT)
+        if isinstance(value, str):
+            raise ValueError(f"expected the name 'tight' or a mapping of "
+                             f"{list(SolverParams.model_fields)}, got {value!r}")
+        return value
+
     @field_validator("n")
     @classmethod
     def _n_power_of_two(cls, n: int) -> int:
