@@ -480,8 +480,10 @@ class Params(Section):
                              "finest store level)")
         low = [n for n in wanted if n <= self.store.levels[-1] or n < self.pde.n]
         if low:
+            fine = max(2 * self.store.levels[-1], self.pde.n)
             raise ValueError(f"reference.resolutions: {low} must be finer than the finest store "
-                             f"level {self.store.levels[-1]} and at least pde.n = {self.pde.n}")
+                             f"level {self.store.levels[-1]} and at least pde.n = {self.pde.n}; "
+                             f"give e.g. [{fine}], or [] for no reference data")
 
     def _check_run(self, name: str, run: RunSpec) -> None:
         key = f"train.runs.{name}"
