@@ -56,7 +56,7 @@ BAD = [
     ({"store": {"method": "nearest"}}, "store.method:"),
     ({"store": {"split": {"train": 0.5, "validation": 0.1, "test": 0.1}}}, "must be 1"),
     ({"store": {"species": []}}, "store.species:"),
-    ({"data": {"source": {"path": "x.nc"}}}, "data.source.variables:"),
+    ({"data": {"source": {"path": "x.nc", "variables": []}}}, "data.source.variables:"),
     ({"reference": {"resolutions": [64]}}, "reference.resolutions: [64] must be finer than"),
     ({"reference": {"resolutions": [96]}}, "reference.resolutions: expected powers of two"),
     ({"reference": {"resolutions": [128, 128]}}, "reference.resolutions: expected distinct"),

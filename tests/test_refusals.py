@@ -539,11 +539,23 @@ def _source_study(d, values, attrs=None, **block):
                attrs=attrs or {}).to_netcdf(d / "mine.nc")
     source = {"path": str(d / "mine.nc"), "variables": ["conc"],
               "dims": {"sample": "member", "y": "lat", "x": "lon"}, **block}
+    if source["variables"] is None:  # every variable over the dims, as the file has them
+        del source["variables"]
     params = d / "params.yaml"
     params.write_text(yaml.safe_dump(merged({"data": {"source": source},
                                              "store": {"species": ["conc"]},
                                              "reference": {"resolutions": []}})))
     return ["simulate", "--params", params, "--out", d / "raw.nc"]
+
+
+def _rename(d, old, new):
+    """Rename variable ``old`` of mine.nc to ``new``; return the study's argv unchanged."""
+    import xarray as xr
+
+    with xr.open_dataset(d / "mine.nc") as ds:
+        renamed = ds.load().rename({old: new})
+    renamed.to_netcdf(d / "mine.nc")
+    return ["simulate", "--params", d / "params.yaml", "--out", d / "raw.nc"]
 
 
 def _fields(shape=(8, 16, 16), dead=(), scale=1.0):
@@ -570,6 +582,9 @@ OUTSIDE = [
     ("boundary contradicting the file",
      lambda d: _source_study(d, _fields(), {"boundary": "periodic"}, boundary="neumann"),
      "mine.nc: boundary 'neumann' contradicts the file's attribute boundary = 'periodic'"),
+    ("store species absent from the file",
+     lambda d: _source_study(d, _fields(), variables=None) and _rename(d, "conc", "c"),
+     "mine.nc: store.species ['conc'] are not among its variables over the sample, y and x"),
     ("file boundary unknown", lambda d: _source_study(d, _fields(), {"boundary": "dirichlet"}),
      "mine.nc: attribute 'boundary' is 'dirichlet'"),
 ]
@@ -587,7 +602,8 @@ def test_outside_data_boundary_comes_from_the_file_and_dead_members_can_be_dropp
     import xarray as xr
 
     values = _fields(dead=(2, 5)).astype(np.int64)  # integers: converted, with a log line
-    argv = _source_study(tmp_path, values, {"boundary": "periodic"}, drop_constant=True)
+    argv = _source_study(tmp_path, values, {"boundary": "periodic"}, drop_constant=True,
+                         variables=None)  # species: the file's variables
     code, errors = run_cli(capsys, argv)
     assert code == 0, errors
     with xr.open_dataset(tmp_path / "raw.nc") as ds:

@@ -106,6 +106,10 @@ def cmd_simulate(args: argparse.Namespace) -> None:
           {"--out": args.out})
     if source is not None:
         ds = read_source(**source.model_dump())
+        absent = [s for s in params.store.species if s not in ds.data_vars]
+        if absent:
+            raise MldiffError(f"{source.path}: store.species {absent} are not among its variables "
+                              f"over the sample, y and x dims {sorted(map(str, ds.data_vars))}")
         size = ds.sizes["x"]
         try:
             params.check_split(ds.sizes["sample"], source.path)

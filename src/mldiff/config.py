@@ -164,7 +164,8 @@ class SourceParams(Section):
     """A scientist's own NetCDF/zarr/HDF5 file, described by configuration alone."""
 
     path: str
-    variables: Annotated[list[str], Field(min_length=1)]
+    variables: Annotated[list[str], Field(min_length=1)] | None = None  # None: every variable
+    # over the sample, y and x dims (checked against store.species when the file is imported)
     dims: SourceDims
     time: SourceTime | None = None
     boundary: Literal["periodic", "neumann"] | None = None  # None: the file's attr, else neumann
@@ -419,7 +420,7 @@ class Params(Section):
     def _consistent(self) -> Params:
         source = self.data.source
         if source is not None:
-            absent = [s for s in self.store.species if s not in source.variables]
+            absent = [s for s in self.store.species if s not in (source.variables or [s])]
             if absent:
                 raise ValueError(
                     f"store.species: {absent} are not among data.source.variables "

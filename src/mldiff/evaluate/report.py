@@ -103,8 +103,8 @@ def _setup(params: Params, settings: Mapping[str, Any]) -> str:
     pde, store, sample, proc = params.pde, params.store, params.sample, params.diffusion
     if params.data.source is not None:
         src = params.data.source
-        data = (f"file {src.path}, variables {', '.join(src.variables)}, "
-                f"{src.boundary} boundary")
+        data = (f"file {src.path}, variables {', '.join(src.variables or ['all'])}, "
+                f"{params.boundary} boundary")
     else:
         data = (f"{pde.system} ({_pairs(pde.parameters)}), {params.boundary} boundary, "
                 f"{pde.n}x{pde.n} grid on [{pde.origin:g}, {pde.origin + pde.length:g}]², "
