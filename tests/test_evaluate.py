@@ -1,8 +1,9 @@
 """Cross-resolution evaluation end to end on a synthetic study built without training.
 
 The store holds Gaussian random fields (levels 8 and 16 cut from a 32x32 source); the
-"samples" are fresh fields of the same law, a shifted copy, and a resolution-bound model's
-8x8 fields resampled; the training summaries are fabricated. Resolutions 8, 16, 32: 32 is
+"samples" are fresh fields of the same law (what a sampler with the exact score draws), a
+shifted copy, prior noise of another spectrum slope, and a resolution-bound model's 8x8 fields
+resampled (naive upsampling); the training summaries are fabricated. Resolutions 8, 16, 32: 32 is
 above the finest store level, so the restriction rule applies there.
 """
 
@@ -24,7 +25,7 @@ from mldiff.datasets.store import assemble_level
 from mldiff.diffusion import build_prior
 from mldiff.errors import MldiffError
 from mldiff.evaluate import evaluate, verdicts, write_report
-from mldiff.evaluate.matrix import metrics_json, write_csv
+from mldiff.evaluate.matrix import holm, metrics_json, write_csv
 from mldiff.evaluate.metrics import energy_distance
 from mldiff.evaluate.report import read_matrix
 
@@ -37,16 +38,20 @@ RUNS = {
     "shifted": {"network": "fno", "prior": "matern", "schedule": [[8, 10]]},
     "multilevel": {"network": "fno", "prior": "matern", "schedule": [[8, 6], [16, 4]]},
     "unet": {"network": "unet", "prior": "matern", "schedule": [[8, 10]]},
+    "noise": {"network": "fno", "prior": "matern", "schedule": [[8, 10]]},
 }
 N_BOOT = 20
+N_SOURCE, N_SAMPLES = 100, 40  # 40 test fields
 
 
-def draws(count: int, seed: int) -> np.ndarray:
-    """``(count, SOURCE, SOURCE)`` fields of the data law (neumann)."""
-    prior = build_prior("matern", gamma=1.2, scale=SCALE)
+def draws(count: int, seed: int, gamma: float = 1.2, scale: float = SCALE,
+          mean: float = MEAN) -> np.ndarray:
+    """``(count, SOURCE, SOURCE)`` fields of the data law ``mean + N(0, scale · Q_gamma)``
+    (neumann); ``gamma=1.5, scale=1, mean=0``: pure noise of the runs' prior."""
+    prior = build_prior("matern", gamma=gamma, scale=scale)
     x = prior.sample((count,), SOURCE, "neumann", torch.Generator().manual_seed(seed),
                      torch.float64)
-    return (MEAN + x).numpy()
+    return (mean + x).numpy()
 
 
 def at(x: np.ndarray, n: int) -> np.ndarray:
@@ -90,15 +95,18 @@ def make_study(root):
         "networks": {"fno": {"arch": "fno", "params": {"width": 8, "modes": 4, "layers": 2}},
                      "unet": {"arch": "unet", "params": {"width": 8, "depth": 2}}},
         "train": {"runs": RUNS},
-        "sample": {"resolutions": RESOLUTIONS, "n_samples": 12},
+        "sample": {"resolutions": RESOLUTIONS, "n_samples": N_SAMPLES},
+        "evaluate": {"n_permutations": 199},
         "reference": {"resolutions": []},
     })
-    source = canonical_dataset({"u": draws(40, 0)}, length=2.0, origin=-1.0, boundary="neumann")
+    source = canonical_dataset({"u": draws(N_SOURCE, 0)}, length=2.0, origin=-1.0,
+                               boundary="neumann")
     for n in LEVELS:
         io.write_netcdf(build_level(source, n, split=(0.5, 0.1, 0.4), seed=0),
                         root / "store" / f"level_{n}.nc")
-    fresh = {"faithful": draws(12, 1), "shifted": draws(12, 1) + 2.0,
-             "multilevel": draws(12, 2), "unet": draws(12, 3)}
+    fresh = {"faithful": draws(N_SAMPLES, 1), "shifted": draws(N_SAMPLES, 1) + 2.0,
+             "multilevel": draws(N_SAMPLES, 2), "unet": draws(N_SAMPLES, 3),
+             "noise": draws(N_SAMPLES, 4, gamma=1.5, scale=1.0, mean=0.0)}
     for run, x in fresh.items():
         for b in RESOLUTIONS:
             path = root / "samples" / run / f"n{b}.nc"
@@ -202,7 +210,7 @@ def write_reference(root, train_samples: int = 6) -> None:
     the store coarsened, as a perfectly converged simulation would give)."""
     level = open_level(root / "store" / "level_16.nc")
     keep = reference_samples(level, train_samples)
-    source = canonical_dataset({"u": draws(40, 0)}, length=2.0, origin=-1.0,
+    source = canonical_dataset({"u": draws(N_SOURCE, 0)}, length=2.0, origin=-1.0,
                                boundary="neumann").sel(sample=keep)
     stats = (level.norm_mean.values, level.norm_std.values)
     attrs = {"coarsening": "none", "reference_law": "the source fields themselves",
@@ -251,9 +259,38 @@ def test_verdicts_judge_the_runs_and_label_the_resolution_bound_one(study):
     assert set(v) == set(RUNS)
     assert v["unet"]["resolution_bound"] and "Resolution-bound" in v["unet"]["sentence"]
     assert not v["faithful"]["resolution_bound"]
-    assert v["faithful"]["checks"]["2x"]["resolution"] == 16
-    assert v["multilevel"]["checks"]["4x"]["holds"] is None  # 64 was not sampled
-    assert "not sampled at 4x" in v["multilevel"]["sentence"]
+    assert v["faithful"]["n_samples"] == N_SAMPLES
+    assert list(v["faithful"]["checks"]) == ["n8", "n16", "n32"]
+    assert v["multilevel"]["checks"]["n32"]["fine_scales"] is None  # no data above 16
+    assert "fine scales not judged" in v["multilevel"]["sentence"]
+
+
+def test_the_exact_law_passes_both_parts_at_every_resolution(study):
+    v = study[2]["verdicts"]["faithful"]
+    assert [c["consistent"] for c in v["checks"].values()] == [True, True, True]
+    assert [c["fine_scales"] for c in v["checks"].values()] == [None, True, True]
+    assert "holds in law up to 32² on the 8² grid" in v["sentence"]
+    assert "fine scales match at 16²" in v["sentence"]
+
+
+def test_naive_upsampling_fails_the_fine_scales_by_construction(study):
+    _, _, result = study
+    v = result["verdicts"]["unet"]["checks"]
+    for b in (16, 32):
+        # zero up to float32 round-off of the stored samples
+        assert v[f"n{b}"]["fine_scales"] is False and v[f"n{b}"]["fine_energy_ratio"] < 1e-10
+    assert v["n8"]["consistent"]  # its 8x8 fields are of the data law
+    rows = {(r["model"], r["resolution"]): r for r in result["rows"]}
+    assert rows[("naive_upsampling_from_8", 16)]["fine_energy_ratio"] < 1e-10
+    assert rows[("naive_upsampling_from_8", 16)]["fine_p"] < 1e-10
+
+
+def test_noise_and_a_shift_fail_the_law(study):
+    v = study[2]["verdicts"]
+    for name in ("noise", "shifted"):
+        assert [c["consistent"] for c in v[name]["checks"].values()] == [False] * 3, name
+    assert [c["fine_scales"] for c in v["noise"]["checks"].values()] == [None, False, False]
+    assert "does not hold in law at 8² (p = " in v["noise"]["sentence"]
 
 
 def test_report_is_self_contained_and_holds_every_cell(study):
@@ -306,29 +343,24 @@ def _row(model, b, e, high=None, kind="model", a=8, resampled=0):
             "energy_distance_high": e if high is None else high}
 
 
-def test_verdict_rule_tolerance_interval_and_naive_baseline():
-    rows = [
-        _row("m", 8, 0.10, high=0.12), _row("m", 16, 0.14), _row("m", 32, 0.145),
-        _row("naive_upsampling_from_8", 16, 0.50, kind="reference"),
-        _row("naive_upsampling_from_8", 32, 0.12, kind="reference"),
-        _row("tight", 8, -0.01, high=0.02), _row("tight", 16, 0.03), _row("tight", 32, 0.019),
-    ]
-    v = verdicts(rows, tolerance=1.5)
-    m, tight = v["m"]["checks"], v["tight"]["checks"]
-    assert m["2x"]["holds"] and m["2x"]["allowed"] == pytest.approx(0.15)
-    assert m["4x"]["within_tolerance"] and m["4x"]["beats_naive"] is False
-    assert not m["4x"]["holds"] and "not better than naive upsampling" in v["m"]["sentence"]
-    assert tight["2x"]["allowed"] == pytest.approx(0.02)  # the interval, not 1.5 x a negative
-    assert not tight["2x"]["holds"] and tight["4x"]["holds"]
-    assert set(m) == {"2x", "4x"}
+def test_holm_adjusts_step_down():
+    assert holm([0.01, 0.04, 0.03, 0.5]) == pytest.approx([0.04, 0.09, 0.09, 0.5])
+    assert holm([0.3, 0.2]) == pytest.approx([0.4, 0.4])  # monotone in the sorted order
 
 
-def test_verdicts_add_every_larger_sampled_multiple():
-    rows = [_row("m", 8, 0.10), _row("m", 16, 0.11), _row("m", 64, 0.5), _row("m", 128, 0.12)]
-    v = verdicts(rows, tolerance=1.5)["m"]
-    assert list(v["checks"]) == ["2x", "4x", "8x", "16x"]
-    assert v["checks"]["4x"]["holds"] is None and "not sampled at 4x" in v["sentence"]
-    assert v["checks"]["8x"]["holds"] is False and v["checks"]["16x"]["holds"] is True
+def test_verdict_family_is_the_models_p_values():
+    """Five p-values: a raw 0.02 survives alone but not with Holm over the model's family."""
+    def row(b, pe, pm, fine=None):
+        r = {**_row("m", b, 0.0), "consistent_energy_distance_p": pe, "consistent_mmd2_p": pm,
+             "n_samples": 100}
+        return r | ({} if fine is None else {"fine_p": fine, "fine_energy_ratio": 8.0,
+                                             "fine_tolerance": 1.2, "fine_wavenumber": 12.6})
+    v = verdicts([row(8, 0.5, 0.6), row(16, 0.02, 0.7, fine=0.001)], alpha=0.05)["m"]
+    assert v["checks"]["n16"]["consistent_p"] == pytest.approx(0.02 * 4)
+    assert v["checks"]["n16"]["consistent"] and v["checks"]["n16"]["fine_scales"] is False
+    assert v["checks"]["n16"]["fine_p"] == pytest.approx(0.005)
+    assert "fine scales off at 16²: 8× the data's energy above k = 12.6" in v["sentence"]
+    assert "holds in law up to 16² on the 8² grid (p ≥ 0.08)" in v["sentence"]
 
 
 def test_non_finite_and_missing_metrics_become_null(tmp_path):

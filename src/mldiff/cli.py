@@ -246,7 +246,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     guard({"--params": args.params, "--store": args.store, "--samples": args.samples,
            "--models": args.models, "--reference": args.reference}, {}, {"--out": args.out})
     evaluate(params, args.store, args.samples, args.models, args.out,
-             reference_dir=args.reference, tolerance=params.evaluate.tolerance)
+             reference_dir=args.reference)
     log.info("wrote results to %s", args.out)
 
 

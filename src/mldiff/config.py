@@ -366,12 +366,14 @@ class SampleParams(Section):
 
 
 class EvaluateParams(Section):
-    """Cross-resolution evaluation: bootstrap size, seed, and how many fields figures show."""
+    """Cross-resolution evaluation: bootstrap and permutation counts, seed, the verdicts' test
+    level (family-wise, Holm-corrected per model), and how many fields figures show."""
 
     n_boot: Annotated[int, Field(ge=0, le=10**7)] = 200
+    n_permutations: Annotated[int, Field(ge=19, le=10**6)] = 999
+    alpha: Annotated[float, Field(gt=0, lt=1)] = 0.05
     seed: Annotated[int, Field(ge=0)] = 0
     samples_shown: Annotated[int, Field(ge=1, le=16)] = 4
-    tolerance: Annotated[float, Field(gt=0)] = 1.5
 
 
 class ReferenceParams(Section):

@@ -57,7 +57,7 @@ from mldiff.datasets import denormalize, normalize, open_level, prolong, restric
 from mldiff.datasets.source import CANONICAL_DIMS
 from mldiff.diffusion import build_prior, fit_prior_spec
 from mldiff.errors import MldiffError
-from mldiff.evaluate.metrics import compare
+from mldiff.evaluate.metrics import compare, fine_scale_test, two_sample_test
 from mldiff.evaluate.sanity import sanity
 from mldiff.evaluate.spectra import Spectrum, power_spectrum, spectrum_log_error
 
@@ -66,8 +66,8 @@ log = logging.getLogger(__name__)
 REFERENCE, HELDOUT, FLOOR = RESERVED_RUN_NAMES  # params refuse runs named like these rows
 COLUMNS = (
     "model", "kind", "network", "prior", "schedule", "train_level", "resolution",
-    "compared_at", "reference_data", "resampled_from", "n_samples", "n_reference", "process",
-    "sampling_s_per_sample", "network_points_per_sample",
+    "compared_at", "consistent_at", "reference_data", "resampled_from", "n_samples",
+    "n_reference", "process", "sampling_s_per_sample", "network_points_per_sample",
 )
 # metrics.json holds DVC's headline numbers (matrix.csv has every metric of every cell):
 # these per model and resolution (channel 0's for several species; variance_ratio is already the
@@ -197,15 +197,17 @@ class Matrix:
     """
 
     def __init__(
-        self, store: Store, resolutions: Sequence[int], seed: int, n_boot: int, shown: int
+        self, store: Store, resolutions: Sequence[int], seed: int, n_boot: int, shown: int,
+        n_permutations: int = 999,
     ) -> None:
         self.store, self.seed, self.n_boot, self.n_shown = store, seed, n_boot, shown
+        self.n_permutations = n_permutations
         grids = sorted({store.grid(b) for b in resolutions})
         self.band = resolved_shells(grids[0], store.boundary) - 1
         if self.band < 1:
             raise MldiffError(f"sample.resolutions: a {grids[0]}x{grids[0]} grid resolves no "
                               "wavenumber shell to compare")
-        self.test = {g: store.at("test", g) for g in grids}
+        self.test = {g: store.at("test", g) for g in grids}  # grown by :meth:`parts`
         self.test_spectra = {g: self.spectrum(x) for g, x in self.test.items()}
         self.rows: list[dict[str, Any]] = []
         self.spectra: list[dict[str, Any]] = []
@@ -240,6 +242,7 @@ class Matrix:
         metrics = compare(
             self.store.to_grid(x), self.test[g], self.store.length,
             torch.Generator().manual_seed(self.seed), self.n_boot, self.store.boundary, self.band,
+            n_permutations=self.n_permutations,
         )
         spectrum = self.spectrum(x)
         reference = self.test_spectra[g]
@@ -247,16 +250,45 @@ class Matrix:
         metrics["spectrum_log_error_full"] = spectrum_log_error(spectrum, reference)
         return metrics, spectrum
 
+    def parts(self, x: torch.Tensor, a: int) -> dict[str, float]:
+        """The two verdict parts for finite samples ``x (N, C, b, b)`` of a model trained up to
+        ``a``.
+
+        *Consistent*: ``x`` restricted (``store.method``) to ``c = min(a, grid(b))`` against
+        the test split at ``c`` (:func:`~mldiff.evaluate.metrics.two_sample_test`, keys
+        ``consistent_*``). *Fine scales*, when ``grid(b) > a``: the energy of ``x`` restricted
+        to ``grid(b)`` in the modes above the ``a × a`` Nyquist against the test split's
+        (:func:`~mldiff.evaluate.metrics.fine_scale_test`; ``fine_wavenumber`` = π a / L, the
+        Nyquist wavenumber of ``a``).
+        """
+        store, b = self.store, x.shape[-1]
+        g = store.grid(b)
+        c = min(a, g)
+        if c not in self.test:
+            self.test[c] = store.at("test", c)
+        law = two_sample_test(restrict(x, b // c, store.method, store.boundary), self.test[c],
+                              self.n_permutations, torch.Generator().manual_seed(self.seed))
+        out: dict[str, float] = {"consistent_at": c}
+        out |= {f"consistent_{k}": law[k]
+                for k in ("energy_distance", "energy_distance_p", "mmd2", "mmd2_p")}
+        if g > a:
+            out |= fine_scale_test(store.to_grid(x), self.test[g], a, store.boundary)
+            out["fine_wavenumber"] = math.pi * a / store.length
+        return out
+
     def add(
         self, row: dict[str, Any], x: torch.Tensor, where: str = "", resolution: int = 0
     ) -> None:
         """Compare ``x`` and record ``row`` with its grid, sizes and metrics, as the cell of
         ``resolution`` (default: the grid of ``x``; the floor row of a resolution above the
-        finest level holds fields at that level)."""
+        finest level holds fields at that level). Rows with a ``train_level`` also get the
+        two verdict parts (:meth:`parts`)."""
         b = resolution or x.shape[-1]
         g = self.store.grid(b)
         try:
             metrics, spectrum = self.compare(x)
+            if spectrum is not None and row.get("train_level"):
+                metrics |= self.parts(x, int(row["train_level"]))
         except MldiffError as exc:
             raise MldiffError(f"{where or row['model']}: {exc}") from None
         if spectrum is None:
@@ -321,80 +353,108 @@ def _value(row: Mapping[str, Any], key: str) -> float | None:
     return _finite(value) if isinstance(value, int | float) else None
 
 
-def verdicts(
-    rows: Sequence[Mapping[str, Any]],
-    tolerance: float = 1.5,
-    factors: Sequence[int] = (2, 4),
-) -> dict[str, dict[str, Any]]:
-    """Whether each model's quality holds at ``f ×`` its finest training level ``a``: at
-    ``factors`` (2x and 4x, judged or reported as not sampled) and at every larger
-    power-of-two multiple it was sampled at (8x, …).
-
-    Rule, with ``E(n)`` the energy distance at ``n`` and ``E⁺(a)`` the upper bootstrap
-    bound at ``a``: quality *holds* at ``b = f a`` iff ``E(b) ≤ max(E⁺(a), tolerance · E(a))``
-    (within the 1x interval, or at most ``tolerance`` times the 1x value) and ``E(b)`` is below
-    the ``naive_upsampling_from_<a>`` row at ``b`` (when there is one). A network whose samples
-    were resampled from its training grid (``resampled_from ≠ 0``) is labelled
-    resolution-bound. ``rows`` are those of ``matrix.csv`` (models and reference rows).
-
-    Returns per model ``{"train_level", "resolution_bound", "checks": {"2x": {...}, …},
-    "sentence"}``; a check's ``holds`` is None when there is nothing to judge.
-    """
-    table = {(r["model"], int(r["resolution"])): r for r in rows}
-    out: dict[str, dict[str, Any]] = {}
-    for name in dict.fromkeys(r["model"] for r in rows if r["kind"] == "model"):
-        mine = [r for r in rows if r["model"] == name]
-        a = int(mine[0]["train_level"])
-        bound = any(int(r.get("resampled_from") or 0) for r in mine)
-        base = table.get((name, a), {})
-        e1 = _value(base, "energy_distance")
-        checks: dict[str, dict[str, Any]] = {}
-        if e1 is None:
-            sentence = f"{name}: no verdict: no finite samples at its finest training level {a}."
-        else:
-            allowed = max(_value(base, "energy_distance_high") or e1, tolerance * e1)
-            parts = []
-            sampled = {int(r["resolution"]) // a for r in mine if int(r["resolution"]) > a}
-            for f in sorted({*factors, *(f for f in sampled if f > max(factors))}):
-                checks[f"{f}x"], text = _check(table, name, a, f, allowed)
-                parts.append(text)
-            floor = _value(table.get((FLOOR, a), {}), "energy_distance")
-            floor_text = "" if floor is None else f" (held-out vs train {floor:.3g})"
-            sentence = (f"{name} (trained up to {a}x{a}; energy distance {e1:.3g} at 1x"
-                        f"{floor_text}, {allowed:.3g} allowed): " + "; ".join(parts) + ".")
-        if bound:
-            sentence += (f" Resolution-bound network: its samples off {a}x{a} are {a}x{a} "
-                         "samples resampled spectrally, i.e. naive super-resolution.")
-        out[name] = {"train_level": a, "resolution_bound": bound, "checks": checks,
-                     "sentence": sentence}
+def holm(pvalues: Sequence[float]) -> list[float]:
+    """Holm's step-down adjusted p-values: ``p̃_(i) = max_{j ≤ i} min(1, (m − j + 1) p_(j))``
+    over the ascending ``p_(1) ≤ … ≤ p_(m)``; rejecting ``p̃ ≤ α`` controls the family-wise
+    error at ``α`` under any dependence."""
+    order = sorted(range(len(pvalues)), key=lambda i: pvalues[i])
+    out, running = [0.0] * len(pvalues), 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (len(pvalues) - rank) * pvalues[i]))
+        out[i] = running
     return out
 
 
-def _check(
-    table: Mapping[tuple[str, int], Mapping[str, Any]], name: str, a: int, f: int, allowed: float
-) -> tuple[dict[str, Any], str]:
-    """One factor ``f`` of :func:`verdicts`: the check record and its phrase."""
-    b = f * a
-    where = f"at {f}x ({b}x{b}"
-    if (name, b) not in table:
-        return {"resolution": b, "holds": None}, f"not sampled {where})"
-    g = int(table[(name, b)].get("compared_at") or b)
-    where += f", compared at {g}x{g}" if g != b else ""
-    e = _value(table[(name, b)], "energy_distance")
-    if e is None:
-        return {"resolution": b, "holds": None}, f"no verdict {where}: no finite samples)"
-    naive = _value(table.get((f"naive_upsampling_from_{a}", b), {}), "energy_distance")
-    within = e <= allowed
-    beats = None if naive is None else e < naive
-    holds = within and beats is not False
-    verb = "holds" if holds else "does not hold" + (
-        " (above the allowed value)" if not within else " (not better than naive upsampling)"
-    )
-    detail = f"{e:.3g}" + ("" if naive is None else f", naive upsampling {naive:.3g}")
-    record = {"resolution": b, "energy_distance": e, "allowed": allowed,
-              "naive_energy_distance": naive, "within_tolerance": within,
-              "beats_naive": beats, "holds": holds}
-    return record, f"{verb} {where}: {detail})"
+def verdicts(rows: Sequence[Mapping[str, Any]], alpha: float = 0.05) -> dict[str, dict[str, Any]]:
+    """Each model's verdict in two parts at every resolution ``b`` it was sampled at.
+
+    *Consistent* at ``b``: restricted to ``min(a, b)`` (``a`` the finest training level), the
+    samples' law matches the test data there: neither the energy-distance nor the MMD
+    permutation test rejects. *Fine scales* at ``b`` (when data exist above ``a``): the energy
+    above the ``a × a`` Nyquist matches the data's (:meth:`Matrix.parts`). Multiple testing:
+    the p-values of one model (2 per resolution and 1 per fine-scale cell) form one family,
+    Holm-adjusted (:func:`holm`), and a part holds iff its adjusted p-values exceed ``alpha``.
+    ``rows`` are those of ``matrix.csv``. Returns per model ``{"train_level",
+    "resolution_bound", "n_samples", "checks": {"n<b>": {...}}, "sentence"}``; a part is None
+    where there is nothing to judge (non-finite samples, no finer data).
+    """
+    out: dict[str, dict[str, Any]] = {}
+    for name in dict.fromkeys(r["model"] for r in rows if r["kind"] == "model"):
+        mine = sorted((r for r in rows if r["model"] == name), key=lambda r: int(r["resolution"]))
+        a = int(mine[0]["train_level"])
+        keys = [(int(r["resolution"]), k) for r in mine
+                for k in ("consistent_energy_distance_p", "consistent_mmd2_p", "fine_p")
+                if _value(r, k) is not None]
+        table = {(int(r["resolution"]), k): _value(r, k) for r in mine for k in r}
+        adjusted = dict(zip(keys, holm([table[k] for k in keys]), strict=True))
+        checks = {f"n{int(r['resolution'])}": _parts(r, adjusted, alpha) for r in mine}
+        bound = any(int(r.get("resampled_from") or 0) for r in mine)
+        count = max((int(r.get("n_samples") or 0) for r in mine), default=0)
+        out[name] = {"train_level": a, "resolution_bound": bound, "n_samples": count,
+                     "checks": checks, "sentence": _sentence(name, a, count, checks, alpha, bound)}
+    return out
+
+
+def _parts(
+    row: Mapping[str, Any], adjusted: Mapping[tuple[int, str], float], alpha: float
+) -> dict[str, Any]:
+    """One resolution of :func:`verdicts`: adjusted p-values and the two parts."""
+    b = int(row["resolution"])
+    p = {k: adjusted.get((b, k)) for k in
+         ("consistent_energy_distance_p", "consistent_mmd2_p", "fine_p")}
+    law = [p["consistent_energy_distance_p"], p["consistent_mmd2_p"]]
+    consistent = None if None in law else min(law) > alpha
+    fine = None if p["fine_p"] is None else p["fine_p"] > alpha
+    judged = [v for v in (consistent, fine) if v is not None]
+    return {
+        "resolution": b, "consistent_at": row.get("consistent_at"),
+        "consistent": consistent, "consistent_p": None if None in law else min(law),
+        "fine_scales": fine, "fine_p": p["fine_p"],
+        "fine_energy_ratio": _value(row, "fine_energy_ratio"),
+        "fine_tolerance": _value(row, "fine_tolerance"),
+        "fine_wavenumber": _value(row, "fine_wavenumber"),
+        "holds": all(judged) if judged else None,
+    }
+
+
+def _grids(checks: Sequence[Mapping[str, Any]]) -> str:
+    return ", ".join(f"{c['resolution']}²" for c in checks)
+
+
+def _sentence(
+    name: str, a: int, count: int, checks: Mapping[str, Mapping[str, Any]], alpha: float,
+    bound: bool,
+) -> str:
+    """The verdict in quotable words: the law on the training grid, then the fine scales."""
+    cells = list(checks.values())
+    held = [c for c in cells if c["consistent"]]
+    failed = [c for c in cells if c["consistent"] is False]
+    parts = []
+    if held:
+        where = (f"up to {held[-1]['resolution']}²" if not failed and len(held) == len(cells)
+                 else f"at {_grids(held)}")
+        parts.append(f"holds in law {where} on the {a}² grid "
+                     f"(p ≥ {min(c['consistent_p'] for c in held):.2g})")
+    if failed:
+        parts.append("does not hold in law at " + ", ".join(
+            f"{c['resolution']}² (p = {c['consistent_p']:.2g})" for c in failed))
+    fine = [c for c in cells if c["fine_scales"] is not None]
+    for c in fine:
+        ratio, tol = c["fine_energy_ratio"], c["fine_tolerance"]
+        verb = "fine scales match" if c["fine_scales"] else "fine scales off"
+        parts.append(f"{verb} at {c['resolution']}²: {ratio:.2g}× the data's energy above "
+                     f"k = {c['fine_wavenumber']:.3g} (tolerance ×/÷ {tol:.2g}, "
+                     f"p = {c['fine_p']:.2g})")
+    if not fine:
+        parts.append("fine scales not judged (no data above its training grid)")
+    if not held and not failed:
+        parts = ["no verdict: no finite samples"]
+    text = (f"Trained at {a}², {count} samples per cell: " + "; ".join(parts)
+            + f" (Holm-adjusted p-values, family-wise level {alpha:g}).")
+    if bound:
+        text += (f" Resolution-bound network: its samples off {a}² are {a}² samples resampled "
+                 "spectrally, i.e. naive super-resolution.")
+    return f"{name}: {text}"
 
 
 def _metric_keys(rows: Sequence[Mapping[str, Any]]) -> list[str]:
@@ -556,13 +616,12 @@ def evaluate(
     n_boot: int | None = None,
     seed: int | None = None,
     samples_shown: int | None = None,
-    tolerance: float = 1.5,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Build the generalization matrix and write it into ``out_dir``.
 
-    ``n_boot``, ``seed`` and ``samples_shown`` default to ``params.evaluate``; ``tolerance``
-    is the factor of :func:`verdicts`.
+    ``n_boot``, ``seed`` and ``samples_shown`` default to ``params.evaluate``; the
+    permutation count and the verdicts' ``alpha`` come from there.
 
     Reads the store levels, the simulated references ``<reference_dir>/n<b>.nc`` of
     ``reference.resolutions``, every ``<samples_dir>/<run>/n<b>.nc`` of ``train.runs`` ×
@@ -594,17 +653,18 @@ def evaluate(
         curves[run] = {**curve, "group": groups[run],
                        "label": f"{run} ({schedule_label(spec.schedule)})"}
     resolutions = sorted(params.sample.resolutions)
-    matrix = Matrix(store, resolutions, seed, n_boot, samples_shown)
+    matrix = Matrix(store, resolutions, seed, n_boot, samples_shown, cfg.n_permutations)
     with tqdm(total=_cell_count(params), desc="evaluate", disable=not progress) as bar:
         _model_rows(matrix, params, samples_dir, bar)
         _reference_rows(matrix, params, seed, bar)
     rows = matrix.rows
-    settings = {"n_boot": n_boot, "seed": seed, "tolerance": tolerance, "band": matrix.band,
+    settings = {"n_boot": n_boot, "seed": seed, "n_permutations": cfg.n_permutations,
+                "alpha": cfg.alpha, "band": matrix.band,
                 "finest_level": store.finest, "finest_store_level": params.store.levels[-1],
                 "simulated_references": {str(n): law for n, law in store.simulated.items()},
                 "method": store.method, "units": "normalized",
                 "reference_size": params.sample.n_samples}
-    verdict = verdicts(rows, tolerance)
+    verdict = verdicts(rows, cfg.alpha)
     metrics = metrics_json(rows, training)
 
     out_dir = Path(out_dir)

@@ -22,6 +22,7 @@ from mldiff.evaluate.spectra import (
     band_coefficients,
     batch_slices,
     dominant_wavelength,
+    fine_band_energy,
     power_spectrum,
     spectrum_log_error,
 )
@@ -208,6 +209,37 @@ def two_sample_test(
     p_energy, p_mmd = permutation_pvalues([-d, gauss], n, n_permutations, generator)
     return {"energy_distance": -_unbiased_mmd2(d, n, ix, iy), "energy_distance_p": p_energy,
             "mmd2": _unbiased_mmd2(gauss, n, ix, iy), "mmd2_p": p_mmd, "mmd_bandwidth": h}
+
+
+def fine_scale_test(
+    x: Array, y: Array, coarse: int, boundary: Boundary = "periodic", level: float = 0.95
+) -> dict[str, float]:
+    """Energy of ``x`` against ``y`` in the modes a ``coarse`` grid cannot hold, and its test.
+
+    ``r = Ē_x / Ē_y``, ``Ē`` the mean over fields of the band energy summed over channels
+    (:func:`~mldiff.evaluate.spectra.fine_band_energy`). Under H0 (one law) the delta method
+    gives ``log r ≈ N(0, s²)`` with ``s² = CV²(1/N + 1/M)``, ``CV`` the coefficient of
+    variation of the band energy of the data ``y``: a tolerance set by data against data.
+    Returns ``fine_energy_ratio`` r, ``fine_tolerance`` ``exp(z s)`` (r within ×/÷ it at
+    ``level``) and ``fine_p`` ``= erfc(|log r| / (s√2))`` (0 when ``x`` has no energy there);
+    all NaN when the data have none.
+    """
+    x, y = _check_pair(x, y)
+    if not 0 < level < 1:
+        raise MldiffError(f"level: expected a coverage in (0, 1), got {level}")
+    ex = fine_band_energy(x, coarse, boundary).sum(1)
+    ey = fine_band_energy(y, coarse, boundary).sum(1)
+    mean_y = float(ey.mean())
+    if not mean_y > 0:
+        nan = float("nan")
+        return {"fine_energy_ratio": nan, "fine_tolerance": nan, "fine_p": nan}
+    s = float(ey.std()) / mean_y * math.sqrt(1 / len(x) + 1 / len(y))
+    ratio = float(ex.mean()) / mean_y
+    z = math.sqrt(2) * float(torch.erfinv(torch.tensor(level, dtype=torch.float64)))
+    log_ratio = math.log(ratio) if ratio > 0 else -math.inf
+    return {"fine_energy_ratio": ratio, "fine_tolerance": math.exp(z * s),
+            "fine_p": math.erfc(abs(log_ratio) / (s * math.sqrt(2))) if s > 0 else
+            float(log_ratio == 0)}
 
 
 def _project(
@@ -400,6 +432,7 @@ def compare(
     boundary: Boundary = "periodic",
     max_mode: int = 15,
     max_shell: int | None = None,
+    n_permutations: int = 0,
 ) -> dict[str, float]:
     """All metrics of ``samples`` against ``reference`` as a flat, JSON-ready dict of floats.
 
@@ -411,6 +444,8 @@ def compare(
       the precomputed kernel matrices and projections (bandwidth and directions held fixed).
       ``sliced_w2`` is biased upwards like any empirical W₂, its resamples more so: for close
       laws its interval shows the spread and may lie above the value;
+    * ``energy_distance_p``, ``mmd2_p``: permutation p-values of "one law"
+      (:func:`permutation_pvalues`) when ``n_permutations > 0``;
     * ``spectrum_log_error`` over shells ``1 … max_shell`` (default: all the grid resolves;
       fix it to compare resolutions over the same scales);
     * ``vendi_samples``, ``vendi_reference``;
@@ -443,6 +478,9 @@ def compare(
             out.update({name: value, f"{name}_low": low, f"{name}_high": high})
         else:
             out[name] = fn(ix, iy)
+    if n_permutations > 0:
+        out["energy_distance_p"], out["mmd2_p"] = permutation_pvalues(
+            [-d, gauss], n, n_permutations, g)
     sx, sy = power_spectrum(x, length, boundary), power_spectrum(y, length, boundary)
     out["spectrum_log_error"] = spectrum_log_error(sx, sy, max_shell)
     out["vendi_samples"] = _vendi(gram[:n, :n])

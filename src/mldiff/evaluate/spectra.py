@@ -189,3 +189,26 @@ def band_coefficients(
             c = torch.cat([c.real * weight, c.imag[..., not_mean] * weight[not_mean]], dim=-1)
         rows.append(c.flatten(1))
     return torch.cat(rows)
+
+
+def fine_band_energy(
+    x: torch.Tensor | np.ndarray, coarse: int, boundary: Boundary = "periodic"
+) -> torch.Tensor:
+    """Per-field normalized energy ``(N, C)`` in the modes a ``coarse × coarse`` grid cannot hold.
+
+    ``Σ_{m⃗ ∈ B} w(m⃗) |û(m⃗)|²`` over ``B = {max(|m_y|, |m_x|) > coarse/2}`` (Fourier: above
+    the coarse Nyquist mode) or ``{max(m_y, m_x) ≥ coarse}`` (cosines), with the weights of
+    :func:`power_spectrum`. Restriction to the coarse grid and back (spectral prolongation)
+    leaves exactly zero here.
+    """
+    x = as_fields(x, "x")
+    _check_boundary(boundary)
+    n = x.shape[-1]
+    my, mx = spectral.mode_indices(n, boundary)
+    top = torch.maximum(my.abs(), mx)
+    band = top > coarse / 2 if boundary == "periodic" else top >= coarse
+    weight = (spectral.mode_weights(n, boundary) * band / n**2).to(x.device)
+    return torch.cat([
+        (spectral.forward(x[s].to(torch.float64), boundary).abs() ** 2 * weight).sum((-2, -1))
+        for s in batch_slices(x)
+    ])
