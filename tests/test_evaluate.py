@@ -178,7 +178,7 @@ def test_outputs_cover_every_model_and_resolution(study):
     figures = json.loads((out / "figures" / "captions.json").read_text())
     assert [f["file"] for f in figures] == [
         "samples_n8.png", "samples_n16.png", "samples_n32.png", "spectra.png",
-        "metric_vs_resolution.png", "training_cost.png"]
+        "generalization.png", "metric_vs_resolution.png", "training_cost.png"]
     for f in figures:
         assert (out / "figures" / f["file"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -299,7 +299,7 @@ def test_report_is_self_contained_and_holds_every_cell(study):
     found = set(re.findall(r'data-model="([^"]+)" data-resolution="(\d+)"', page))
     assert {(run, str(b)) for run in RUNS for b in RESOLUTIONS} <= found
     assert ("naive_upsampling_from_8", "32") in found
-    assert page.count('src="data:image/png;base64,') == 6
+    assert page.count('src="data:image/png;base64,') == 7
     assert not re.search(r'(src|href)="(?!data:)', page), "no external resources"
     assert "restricted to 16x16" in page
     assert "No sample set blows up or collapses" in page

@@ -112,7 +112,8 @@ def test_snakemake_and_dvc_build_the_same_outputs(project, tmp_path):
                for r in runs for b in resolutions)
     plots = dvc_json(["plots", "show"], twin)["data"]
     for name in ("data/results/spectra.csv", "data/results/metric_vs_resolution.csv",
-                 "data/results/validation.csv", *(f"data/models/{r}/loss.csv" for r in runs)):
+                 "data/results/validation.csv", "data/results/generalization.csv",
+                 *(f"data/models/{r}/loss.csv" for r in runs)):
         assert plots[name][0]["content"]["data"]["values"], name
     for name in ("data/results/spectra.csv", "data/results/metric_vs_resolution.csv"):
         content = plots[name][0]["content"]  # one line per model (workflow/plots/ templates)

@@ -13,6 +13,7 @@ rule evaluate:
         spectra=f"{RESULTS}/spectra.csv",
         curves=f"{RESULTS}/metric_vs_resolution.csv",
         validation=f"{RESULTS}/validation.csv",
+        generalization=f"{RESULTS}/generalization.csv",
         summary=f"{RESULTS}/evaluation.json",
         figures=report(
             directory(f"{RESULTS}/figures"),

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 from matplotlib import colormaps
+from matplotlib.colors import SymLogNorm
 from matplotlib.figure import Figure
 from matplotlib.ticker import NullFormatter
 
@@ -204,6 +205,39 @@ def training_cost(path: Path, curves: Mapping[str, Mapping[str, Any]]) -> str:
             "multilevel and single-level schedules of the same model sit side by side. The loss "
             "is on the validation split at the finest training level of the panel's runs (@ n), "
             "or at the run's own finest level for networks that cannot run there.")
+
+
+def heatmap(path: Path, cells: Sequence[Mapping[str, Any]], resolutions: Sequence[int]) -> str:
+    """The generalization matrix as a heatmap: rows of ``generalization.csv`` (models by family
+    and training level, then the floor and naive upsampling) × sample resolutions, coloured by
+    the energy distance (symmetric log) and marked with the verdict parts. Returns the caption."""
+    rows = list(dict.fromkeys(c["row"] for c in cells))
+    value = np.full((len(rows), len(resolutions)), np.nan)
+    fig = Figure(figsize=(1.5 * len(resolutions) + 3.2, 0.42 * len(rows) + 1.4),
+                 layout="constrained")
+    ax = fig.subplots()
+    marks = {True: "✓", False: "✗", None: "·"}
+    for c in cells:
+        i, j = rows.index(c["row"]), list(resolutions).index(c["resolution"])
+        value[i, j] = _number(c.get("energy_distance"))
+        text = f"{value[i, j]:.2g}" if np.isfinite(value[i, j]) else "–"
+        if c["family"] != "reference":
+            text += f"\nlaw {marks[c['consistent']]} fine {marks[c['fine_scales']]}"
+        ax.text(j, i, text, ha="center", va="center", fontsize=7)
+    finite = value[np.isfinite(value)]
+    top = max(float(np.abs(finite).max()) if finite.size else 1.0, 1e-3)
+    image = ax.imshow(value, cmap="RdYlGn_r", aspect="auto",
+                      norm=SymLogNorm(linthresh=1e-3, vmin=-top, vmax=top))
+    fig.colorbar(image, ax=ax, label="energy distance (symmetric log)")
+    ax.set_xticks(range(len(resolutions)), [f"{b}²" for b in resolutions])
+    ax.set_yticks(range(len(rows)), rows, fontsize=8)
+    ax.set_xlabel("sample resolution")
+    _save(fig, path)
+    return ("Generalization matrix: runs (by network/prior, then training level) and the "
+            "reference rows against sample resolution, coloured by the energy distance to the "
+            "held-out test data; 'law' marks the consistency part of the verdict (permutation "
+            "tests on the training grid), 'fine' the fine-scale part (energy above the training "
+            "Nyquist), ✓ holds, ✗ fails, · not judged (Holm-adjusted per model).")
 
 
 def _number(value: Any) -> float:

@@ -80,6 +80,11 @@ CURVE_COLUMNS = (
 )
 SPECTRUM_COLUMNS = ("model", "resolution", "species", "wavenumber", "energy")
 VALIDATION_COLUMNS = ("model", "level", "step", "elapsed_s", "loss")
+GENERALIZATION_COLUMNS = (
+    "row", "family", "train_level", "resolution", "energy_distance", "energy_distance_low",
+    "energy_distance_high", "consistent", "consistent_p", "fine_scales", "fine_energy_ratio",
+    "fine_p",
+)
 
 
 @dataclass(frozen=True)
@@ -457,6 +462,41 @@ def _sentence(
     return f"{name}: {text}"
 
 
+def generalization(
+    rows: Sequence[Mapping[str, Any]], verdict: Mapping[str, Mapping[str, Any]]
+) -> list[dict[str, Any]]:
+    """The train level × sample resolution matrix, long format (``generalization.csv``).
+
+    One record per cell of every model, ordered by family (``network/prior``) then training
+    level (multilevel runs after the single-level ones of their level), with its energy distance
+    [95% interval] and the verdict parts (Holm-adjusted p-values); then the floor
+    (``heldout_vs_train``) and naive-upsampling rows beside them (family ``reference``; their
+    ``fine_*`` values are unadjusted).
+    """
+    def order(r: Mapping[str, Any]) -> tuple:
+        multi = "+" in str(r.get("schedule") or "")
+        return (f"{r.get('network')}/{r.get('prior')}", int(r["train_level"]), multi, r["model"])
+
+    models = sorted((r for r in rows if r["kind"] == "model"), key=order)
+    references = [r for r in rows if r["model"] == FLOOR or r["model"].startswith("naive_")]
+    out = []
+    for r in [*models, *references]:
+        model = r["kind"] == "model"
+        check = verdict[r["model"]]["checks"][f"n{r['resolution']}"] if model else {}
+        out.append({
+            "row": r["model"], "resolution": r["resolution"],
+            "family": f"{r['network']}/{r['prior']}" if model else "reference",
+            "train_level": r.get("train_level"),
+            **{k: r.get(k) for k in ("energy_distance", "energy_distance_low",
+                                     "energy_distance_high")},
+            "consistent": check.get("consistent"), "consistent_p": check.get("consistent_p"),
+            "fine_scales": check.get("fine_scales"),
+            "fine_energy_ratio": r.get("fine_energy_ratio"),
+            "fine_p": check.get("fine_p") if model else r.get("fine_p"),
+        })
+    return out
+
+
 def _metric_keys(rows: Sequence[Mapping[str, Any]]) -> list[str]:
     return list(dict.fromkeys(k for r in rows for k in r if k not in COLUMNS))
 
@@ -675,6 +715,9 @@ def evaluate(
     write_csv(out_dir / "validation.csv", validation, VALIDATION_COLUMNS)
     io.write_json(out_dir / "evaluation.json",
                   {"settings": settings, "verdicts": verdict, "training": training})
+    cells = generalization(rows, verdict)
+    write_csv(out_dir / "generalization.csv", cells, GENERALIZATION_COLUMNS)
+    io.write_json(out_dir / "evaluation.json", {"settings": settings, "verdicts": verdict})
     fig_dir = out_dir / "figures"
     models, species = list(runs), store.species[0]
     captions = [
@@ -686,6 +729,8 @@ def evaluate(
     captions += [
         ("spectra.png", figures.spectra(fig_dir / "spectra.png", matrix.spectra, resolutions,
                                         models, species)),
+        ("generalization.png", figures.heatmap(fig_dir / "generalization.png", cells,
+                                               resolutions)),
         ("metric_vs_resolution.png", figures.metric_curves(
             fig_dir / "metric_vs_resolution.png", rows, models, matrix.band)),
         ("training_cost.png", figures.training_cost(fig_dir / "training_cost.png", curves)),

@@ -1,12 +1,14 @@
 """One self-contained HTML report of an evaluation (inline CSS, PNGs embedded as base64, no
-external links): the setup, the comparison rule, the verdicts, the generalization matrix and
-reference rows, the training cost and the figures with their captions.
+external links): first the generalization matrix with the verdicts and the sample sizes, then
+the setup, the comparison rule, every cell and reference row, the training cost and the figures
+with their captions.
 
 It reads only what :func:`mldiff.evaluate.matrix.evaluate` wrote: ``matrix.csv``,
-``evaluation.json`` (with the training summaries of the runs' ``train.json``) and ``figures/``
-with ``figures/captions.json``. The page's layout and prose are the Jinja2 template
-``templates/report.html.j2``; this module builds the tables, lists and figures it places, and the
-header states the date, mldiff's version, the git revision and which preset the params are.
+``generalization.csv``, ``evaluation.json`` (with the training summaries of the runs'
+``train.json``) and ``figures/`` with ``figures/captions.json``. The page's layout and prose
+are the Jinja2 template ``templates/report.html.j2``; this module builds the tables, lists and
+figures it places, and the header states the date, mldiff's version, the git revision and which
+preset the params are.
 """
 
 from __future__ import annotations
@@ -43,8 +45,8 @@ def read_matrix(path: Path) -> list[dict[str, Any]]:
 
 
 def _parse(text: str) -> Any:
-    if text == "":
-        return None
+    if text in ("", "True", "False"):
+        return None if text == "" else text == "True"
     for kind in (int, float):
         try:
             return kind(text)
@@ -192,6 +194,50 @@ one family, Holm-adjusted; a part holds when its adjusted p-values exceed
 {settings['alpha']:g}.</p>"""
 
 
+def _sizes(rows: Sequence[Mapping[str, Any]], settings: Mapping[str, Any]) -> str:
+    """Sample sizes and the widths of the energy distance's 95% intervals over model cells."""
+    models = [r for r in rows if r["kind"] == "model"]
+    counts = sorted({r["n_samples"] for r in models})
+    tests = {r["compared_at"]: r["n_reference"] for r in rows}
+    widths = sorted(r["energy_distance_high"] - r["energy_distance_low"] for r in models
+                    if r.get("energy_distance_low") is not None)
+    interval = ("" if not widths else
+                f" The 95% bootstrap interval of the energy distance is {widths[0]:.2g}-"
+                f"{widths[-1]:.2g} wide (median {widths[len(widths) // 2]:.2g}) over the model "
+                "cells.")
+    return (f"<p>{'/'.join(map(str, counts))} samples per cell against "
+            + ", ".join(f"{m} test fields at {g}²" for g, m in sorted(tests.items()))
+            + f".{interval} Verdicts: permutation tests ({settings['n_permutations']} "
+            f"permutations), Holm-adjusted per model at family-wise level "
+            f"{settings['alpha']:g}.</p>")
+
+
+def _generalization(cells: Sequence[Mapping[str, Any]], resolutions: Sequence[int]) -> str:
+    """Train level × sample resolution, one block of rows per family, reference rows last:
+    energy distance [interval] and the verdict parts per cell."""
+    marks = {True: "holds", False: "fails", None: "–"}
+    table = {(c["row"], c["resolution"]): c for c in cells}
+    body = []
+    for row in dict.fromkeys(c["row"] for c in cells):
+        first = table[next((row, b) for b in resolutions if (row, b) in table)]
+        line: list[Cell] = [first["family"], row, _fmt(first.get("train_level"))]
+        for b in resolutions:
+            c = table.get((row, b))
+            if c is None:
+                line.append("")
+                continue
+            text = [_interval(c, "energy_distance")]
+            if first["family"] != "reference":
+                text.append(f"law {marks[c['consistent']]} (p {_fmt(c.get('consistent_p'))})")
+            if c.get("fine_energy_ratio") is not None:
+                text.append(f"fine ×{_fmt(c['fine_energy_ratio'])}"
+                            + (f" {marks[c['fine_scales']]}" if c["fine_scales"] is not None
+                               else ""))
+            line.append(text)
+        body.append(({"class": "reference" if first["family"] == "reference" else ""}, line))
+    return _table(["family", "row", "train level", *[f"n = {b}" for b in resolutions]], body)
+
+
 def _verdicts(verdicts: Mapping[str, Mapping[str, Any]]) -> str:
     items = []
     for v in verdicts.values():
@@ -311,6 +357,9 @@ def write_report(params: Params, results_dir: Path, out: Path) -> None:
     references = [r for r in rows if r["kind"] != "model"]
     distances, statistics = _details(rows)
     sections = {
+        "sizes": _sizes(rows, settings),
+        "generalization": _generalization(read_matrix(results_dir / "generalization.csv"),
+                                          resolutions),
         "verdicts": _verdicts(evaluation["verdicts"]), "sanity": _sanity(models),
         "setup": _setup(params, settings), "rule": _rule(settings),
         "matrix": _matrix(models, resolutions), "references": _matrix(references, resolutions),
