@@ -62,6 +62,8 @@ BAD = [
     ({"reference": {"resolutions": [128, 128]}}, "reference.resolutions: expected distinct"),
     ({"reference": {"train_samples": 0}}, "reference.train_samples:"),
     ({"sample": {"resolutions": [16, 16]}}, "sample.resolutions: expected distinct"),
+    ({"evaluate": {"n_permutations": 99}},
+     "evaluate.n_permutations: 99 cannot give a Holm-adjusted p <= 0.05 over up to 15 tests"),
     (
         {"reference": {"resolutions": [128]},
          "data": {"source": {"path": "x.nc", "variables": ["u"],

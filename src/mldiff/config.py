@@ -458,6 +458,12 @@ class Params(Section):
             )
         for name, run in self.train.runs.items():
             self._check_run(name, run)
+        family = 3 * len(self.sample.resolutions)  # a model's p-values: 2 + 1 per resolution
+        if family / (self.evaluate.n_permutations + 1) > self.evaluate.alpha:
+            need = math.ceil(family / self.evaluate.alpha) - 1
+            raise ValueError(f"evaluate.n_permutations: {self.evaluate.n_permutations} cannot "
+                             f"give a Holm-adjusted p <= {self.evaluate.alpha:g} over up to "
+                             f"{family} tests per model; use at least {need}")
         return self
 
     def check_split(self, n_samples: int, what: str) -> None:
