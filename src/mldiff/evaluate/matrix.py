@@ -717,7 +717,6 @@ def evaluate(
                   {"settings": settings, "verdicts": verdict, "training": training})
     cells = generalization(rows, verdict)
     write_csv(out_dir / "generalization.csv", cells, GENERALIZATION_COLUMNS)
-    io.write_json(out_dir / "evaluation.json", {"settings": settings, "verdicts": verdict})
     fig_dir = out_dir / "figures"
     models, species = list(runs), store.species[0]
     captions = [
