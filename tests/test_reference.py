@@ -21,6 +21,7 @@ PARAMS = {
     "store": {"levels": [8, 16], "time": 1.0,
               "split": {"train": 0.5, "validation": 0.25, "test": 0.25}},
     "reference": {"resolutions": [32, 64], "train_samples": 3},
+    "train": {"runs": {"r": {"network": "fno", "prior": "matern", "schedule": [[8, 2]]}}},
 }
 
 

@@ -273,7 +273,9 @@ def test_a_system_added_in_a_user_module_runs_through_the_cli(tmp_path):
                       "parameters": {"b": 3.2}},
               "store": {"levels": [8, 16], "time": 0.5,
                         "split": {"train": 0.5, "validation": 0.25, "test": 0.25}},
-              "networks": {"fno": {"arch": "fno", "params": {"modes": 4}}}}
+              "networks": {"fno": {"arch": "fno", "params": {"modes": 4}}},
+              "train": {"runs": {"r": {"network": "fno", "prior": "matern",
+                                       "schedule": [[8, 2]]}}}}
     full = config.deep_merge(config.Params().model_dump(mode="json"), params)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(full))
     mldiff = shutil.which("mldiff", path=str(Path(sys.executable).parent))

@@ -84,7 +84,7 @@ class PdeParams(Section):
     length: PosFloat = 2.0
     origin: float = -1.0
     times: Annotated[list[Annotated[float, Field(ge=0)]], Field(min_length=1)] = [2.5]
-    n_samples: Count = 128
+    n_samples: Count = 640
     batch_size: Count = 64
     solver: SolverParams = Field(default_factory=SolverParams)
     dtype: Literal["float32", "float64"] = "float64"
@@ -180,9 +180,9 @@ class DataParams(Section):
 
 
 class SplitParams(Section):
-    train: Annotated[float, Field(gt=0, le=1)] = 0.8
+    train: Annotated[float, Field(gt=0, le=1)] = 0.7
     validation: Annotated[float, Field(ge=0, lt=1)] = 0.1
-    test: Annotated[float, Field(ge=0, lt=1)] = 0.1
+    test: Annotated[float, Field(ge=0, lt=1)] = 0.2
 
     @model_validator(mode="after")
     def _sums_to_one(self) -> SplitParams:
@@ -324,7 +324,8 @@ class TrainParams(Section):
     seed: Annotated[int, Field(ge=0)] = 0
     runs: Annotated[dict[str, RunSpec], Field(min_length=1)] = Field(
         default_factory=lambda: {
-            "fno_matern_l16": RunSpec(network="fno", prior="matern", schedule=[(16, 1500)]),
+            **{f"fno_matern_l{n}": RunSpec(network="fno", prior="matern", schedule=[(n, 1500)])
+               for n in (8, 16, 32)},
             "fno_matern_multilevel": RunSpec(
                 network="fno", prior="matern", schedule=[(8, 1000), (16, 500)]
             ),
@@ -354,10 +355,10 @@ class SampleParams(Section):
 
     sampler: Literal["em", "ode"] = "em"
     steps: Count = 50
-    n_samples: Annotated[int, Field(ge=2, le=10**7)] = 32  # metrics need two samples
-    batch_size: Count = 32
+    n_samples: Annotated[int, Field(ge=2, le=10**7)] = 100  # metrics need two samples
+    batch_size: Count = 25
     resolutions: Annotated[list[Annotated[int, Field(ge=4)]], Field(min_length=1)] = [
-        16, 32, 64, 128
+        8, 16, 32, 64, 128
     ]
     seed: Annotated[int, Field(ge=0)] = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -387,7 +388,7 @@ class ReferenceParams(Section):
     """
 
     resolutions: list[Annotated[int, Field(le=4096)]] = [128]
-    train_samples: Count = 32
+    train_samples: Count = 100
 
     _powers = field_validator("resolutions")(_distinct_powers_of_two)
 
