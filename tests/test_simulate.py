@@ -276,7 +276,7 @@ def test_a_system_added_in_a_user_module_runs_through_the_cli(tmp_path):
               "networks": {"fno": {"arch": "fno", "params": {"modes": 4}}},
               "train": {"runs": {"r": {"network": "fno", "prior": "matern",
                                        "schedule": [[8, 2]]}}}}
-    full = config.deep_merge(config.Params().model_dump(mode="json"), params)
+    full = config.deep_merge(config.Params().model_dump(mode="json"), params, depth=2)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(full))
     mldiff = shutil.which("mldiff", path=str(Path(sys.executable).parent))
     proc = subprocess.run([mldiff, "simulate", "--params", "params.yaml", "--out", "raw.nc"],
