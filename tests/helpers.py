@@ -66,7 +66,9 @@ def data_files(root: Path) -> dict[str, Path]:
     }
 
 
-TIMING_ATTRS = {"history", "source_history", "sampling_time_s", "training_summary"}  # wall clock
+# Wall-clock attributes, and the checksum of all attributes that covers them.
+TIMING_ATTRS = {"history", "source_history", "sampling_time_s", "training_summary",
+                "mldiff_attrs_sha256"}
 
 
 def assert_same_netcdf(a: Path, b: Path) -> None:
