@@ -66,9 +66,10 @@ def data_files(root: Path) -> dict[str, Path]:
     }
 
 
-# Wall-clock attributes, and the checksum of all attributes that covers them.
+# Wall-clock attributes, and the checksums of all attributes that cover them (a file's own, and
+# the one it records of its source).
 TIMING_ATTRS = {"history", "source_history", "sampling_time_s", "training_summary",
-                "mldiff_attrs_sha256"}
+                "mldiff_attrs_sha256", "source_mldiff_attrs_sha256"}
 
 
 def assert_same_netcdf(a: Path, b: Path) -> None:
