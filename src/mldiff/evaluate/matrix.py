@@ -448,7 +448,7 @@ def _sentence(
         ratio, tol = c["fine_energy_ratio"], c["fine_tolerance"]
         verb = "fine scales match" if c["fine_scales"] else "fine scales off"
         parts.append(f"{verb} at {c['resolution']}²: {ratio:.2g}× the data's energy above "
-                     f"k = {c['fine_wavenumber']:.3g} (tolerance ×/÷ {tol:.2g}, "
+                     f"k = {c['fine_wavenumber']:.3g} (tolerance ×/÷ {tol:.3g}, "
                      f"p = {c['fine_p']:.2g})")
     if not fine:
         parts.append("fine scales not judged (no data above its training grid)")
